@@ -1,0 +1,60 @@
+"""The ``nbchat`` command: ``nbchat serve`` runs a gateway on its own."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .gateway import Gateway
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nbchat", description="nbchat gateway and tools")
+    parser.add_argument("--version", action="version", version=f"nbchat {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run a gateway that Chat(url=...) connects to")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
+    serve.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 = any free)")
+    serve.add_argument("--token", default=os.environ.get("NBCHAT_TOKEN"),
+                       help="require this bearer token (default: $NBCHAT_TOKEN; none if unset)")
+    serve.add_argument("--log-level", default="info",
+                       choices=["debug", "info", "warning", "error"])
+    return parser
+
+
+async def _serve(host: str, port: int, token: str | None) -> None:
+    gateway = Gateway(token=token)
+    await gateway.start(host, port)
+    # One line on stdout says where to connect; scripts and tests read it.
+    print(f"nbchat gateway listening on {gateway.url(host)}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await gateway.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "serve":
+        try:
+            asyncio.run(_serve(args.host, args.port, args.token))
+        except OSError as exc:
+            print(f"nbchat serve: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,283 @@
+"""A conversation over one gateway connection: the reply queue, the transcript, and the
+:class:`~nbchat.reply.Reply` handles, kept in step with the frames that arrive.
+
+Replies run one at a time, in the order sent: a ``send`` while a reply streams is queued
+and starts, with the full history, when the previous one ends. All state changes happen
+on the client loop thread; public methods may be called from any thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from .client import ClientConnection, GatewayUnavailable, client_loop
+from .protocol import (
+    Delta,
+    Done,
+    Error,
+    Pause,
+    Paused,
+    Resume,
+    Resumed,
+    ServerFrame,
+    Start,
+    Started,
+    Stop,
+)
+from .reply import Reply
+from .transcript import Message, Transcript
+
+__all__ = ["ConnectionStatus", "Conversation", "ConversationListener"]
+
+ConnectionStatus = Literal["connecting", "connected", "offline", "closed"]
+CLOSE_TIMEOUT_S = 5.0
+
+
+class ConversationListener:
+    """Hooks a view implements to follow a conversation. Called on the client loop
+    thread; each must return quickly. The defaults do nothing."""
+
+    def on_status(self, status: ConnectionStatus, error: str | None) -> None: ...
+    def on_models(self, models: list[str]) -> None: ...
+    def on_transcript(self) -> None: ...
+    def on_chunk(self, reply: Reply, text: str) -> None: ...
+    def on_reply_status(self, reply: Reply) -> None: ...
+
+
+@dataclass
+class _InFlight:
+    """Book-keeping for the reply being generated."""
+
+    reply: Reply
+    message: Message
+    sent_at: float  # loop time when start was sent
+    ended: asyncio.Event
+    chunks: int = 0
+
+
+class Conversation:
+    """Sends messages, streams replies and keeps the transcript. See :class:`nbchat.Chat`
+    for the user-facing API built on it."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        model: str | None = None,
+        system: str | None = None,
+        params: dict[str, Any] | None = None,
+        listener: ConversationListener | None = None,
+    ) -> None:
+        self.url = url
+        self.model = model
+        self.params = dict(params or {})
+        self.models: list[str] = []
+        self.status: ConnectionStatus = "connecting"
+        self.error: str | None = None
+        self.listener = listener or ConversationListener()
+        self.transcript = Transcript(system=system)
+        # Guards the transcript, which the loop thread writes and callers read.
+        self.lock = threading.RLock()
+        self._loop = client_loop()
+        self._queue: asyncio.Queue[Reply | None] = asyncio.Queue()
+        self._queued: list[Reply] = []
+        self._current: _InFlight | None = None
+        self._closing = False
+        self._connection = ClientConnection(
+            url, token=token, on_frame=self._on_frame, on_close=self._on_close
+        )
+        self._worker = asyncio.run_coroutine_threadsafe(self._work(), self._loop)
+
+    # --- called from any thread ---------------------------------------------------
+
+    def send(self, text: str, **params: Any) -> Reply:
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError("cannot send an empty message; pass some text")
+        if self._closing:
+            raise RuntimeError("this chat is closed; create a new Chat()")
+        reply = Reply(f"r-{uuid.uuid4().hex[:12]}", text, control=self._control)
+        reply.params = {**self.params, **params}
+        reply.model = self.model
+        with self.lock:
+            self._queued.append(reply)
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, reply)
+        return reply
+
+    @property
+    def current(self) -> Reply | None:
+        """The reply being generated, else the oldest queued one, else None."""
+        in_flight = self._current
+        if in_flight is not None:
+            return in_flight.reply
+        with self.lock:
+            return self._queued[0] if self._queued else None
+
+    def records(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return self.transcript.to_records()
+
+    def clear(self) -> None:
+        """Stop the reply in flight, drop queued ones and empty the transcript."""
+        self._stop_all()
+        with self.lock:
+            self.transcript.clear()
+        self.listener.on_transcript()
+
+    def close(self) -> None:
+        """Stop what is running and close the connection. Idempotent."""
+        if self._closing:
+            return
+        self._stop_all()
+        self._closing = True
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, None)
+        try:
+            self._worker.result(timeout=CLOSE_TIMEOUT_S)
+        except Exception:  # closing must not raise for a link that already failed
+            pass
+
+    def _stop_all(self) -> None:
+        with self.lock:
+            pending = list(self._queued)
+        for reply in pending:
+            reply.stop()
+        if self._current is not None:
+            self._current.reply.stop()
+
+    def _control(self, action: str, reply: Reply) -> None:
+        asyncio.run_coroutine_threadsafe(self._apply_control(action, reply), self._loop)
+
+    # --- on the loop thread -------------------------------------------------------
+
+    def _set_status(self, status: ConnectionStatus, error: str | None = None) -> None:
+        self.status, self.error = status, error
+        self.listener.on_status(status, error)
+
+    async def _connect(self) -> bool:
+        if self._connection.connected:
+            return True
+        self._set_status("connecting")
+        try:
+            welcome = await self._connection.open()
+        except GatewayUnavailable as exc:
+            self._set_status("offline", str(exc))
+            return False
+        self.models = list(welcome.models)
+        if self.model is None and self.models:
+            self.model = self.models[0]
+        self.listener.on_models(self.models)
+        self._set_status("connected")
+        return True
+
+    async def _work(self) -> None:
+        await self._connect()
+        try:
+            while (reply := await self._queue.get()) is not None:
+                with self.lock:
+                    if reply in self._queued:
+                        self._queued.remove(reply)
+                if reply.finished:
+                    continue  # stopped while it waited in the queue
+                if not await self._connect():
+                    reply._end("error", error=self.error, error_code="unavailable")
+                    self.listener.on_reply_status(reply)
+                    continue
+                await self._run(reply)
+        finally:
+            self._set_status("closed")
+            await self._connection.close()
+
+    async def _run(self, reply: Reply) -> None:
+        model = reply.model or self.model or "demo"
+        reply.model = model
+        at = time.time()
+        with self.lock:
+            self.transcript.add_user(reply.prompt, at=at)
+            history = self.transcript.history()
+            message = self.transcript.add_assistant(reply_id=reply.id, model=model, at=at)
+        self._connection.session.open(reply.id)
+        in_flight = _InFlight(reply, message, self._loop.time(), asyncio.Event())
+        self._current = in_flight
+        self.listener.on_transcript()
+        try:
+            await self._connection.send(Start(reply=reply.id, messages=history, model=model,
+                                              params=reply.params))
+        except GatewayUnavailable as exc:
+            self._end(in_flight, "error", error=str(exc), code="unavailable")
+        await in_flight.ended.wait()
+        self._current = None
+
+    async def _apply_control(self, action: str, reply: Reply) -> None:
+        if reply.finished:
+            return
+        in_flight = self._current
+        if in_flight is None or in_flight.reply is not reply:
+            if action == "stop":  # still queued: it never starts
+                reply._end("stopped")
+                self.listener.on_reply_status(reply)
+            return
+        frame = {"stop": Stop, "pause": Pause, "resume": Resume}[action](reply=reply.id)
+        try:
+            await self._connection.send(frame)
+        except GatewayUnavailable as exc:
+            if action == "stop":
+                self._end(in_flight, "stopped", error=None, code=None)
+            else:
+                self._set_status("offline", str(exc))
+
+    def _on_frame(self, frame: ServerFrame) -> None:
+        in_flight = self._current
+        if in_flight is None or getattr(frame, "reply", None) != in_flight.reply.id:
+            if isinstance(frame, Error) and frame.reply is None:
+                self._set_status(self.status, f"{frame.code}: {frame.message}")
+            return
+        reply, message = in_flight.reply, in_flight.message
+        if isinstance(frame, Started):
+            reply.model = message.model = frame.model
+        elif isinstance(frame, Delta):
+            if in_flight.chunks == 0:
+                message.first_token_s = self._loop.time() - in_flight.sent_at
+            in_flight.chunks += 1
+            with self.lock:
+                message.content += frame.text
+            reply._append(frame.text)
+            self.listener.on_chunk(reply, frame.text)
+        elif isinstance(frame, Paused):
+            reply._set_status("paused")
+            self.listener.on_reply_status(reply)
+        elif isinstance(frame, Resumed):
+            reply._set_status("streaming")
+            self.listener.on_reply_status(reply)
+        elif isinstance(frame, Error) and frame.seq is None and reply.status == "pending":
+            # The gateway rejected the start itself: nothing more will come for it.
+            self._end(in_flight, "error", error=frame.message, code=frame.code)
+        elif isinstance(frame, Done):
+            view = self._connection.session.replies[reply.id]
+            message.usage = frame.usage
+            self._end(in_flight, frame.finish, error=view.error, code=view.error_code)
+
+    def _end(self, in_flight: _InFlight, finish: Any, *, error: str | None,
+             code: str | None) -> None:
+        reply, message = in_flight.reply, in_flight.message
+        with self.lock:
+            message.finish = finish
+            message.error = error
+            message.chunks = in_flight.chunks
+            message.duration_s = self._loop.time() - in_flight.sent_at
+        reply._end(finish, error=error, error_code=code, usage=message.usage)
+        in_flight.ended.set()
+        self.listener.on_reply_status(reply)
+        self.listener.on_transcript()
+
+    def _on_close(self, reason: str) -> None:
+        if self._closing:
+            return
+        self._set_status("offline", reason)
+        if self._current is not None:
+            self._end(self._current, "error", error=reason, code="unavailable")

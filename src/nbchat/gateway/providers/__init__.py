@@ -1,0 +1,6 @@
+"""Providers: the things behind the gateway that generate replies."""
+
+from .base import Finish, Provider, ProviderError, Request, TextChunk
+from .demo import DemoProvider
+
+__all__ = ["DemoProvider", "Finish", "Provider", "ProviderError", "Request", "TextChunk"]

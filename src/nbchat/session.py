@@ -1,0 +1,364 @@
+"""Session state for both ends of the wire: seq numbering, reply states, pause holding,
+replay after a given seq, and duplicate-free reply assembly.
+
+Pure: no I/O, no clocks except those passed in. The gateway's connection feeds a
+:class:`GatewaySession` and sends the events it returns; the client's connection feeds
+received frames to a :class:`ClientSession` and acts on what it reports.
+
+Invariants kept here (and tested, including property-based tests):
+
+- Every event that belongs to a reply gets ``seq = previous + 1`` within its session.
+- While a reply is paused, generated text is held, not sequenced; ``resume`` releases it
+  as one delta. Nothing generated is dropped, nothing is released twice.
+- A reply's ``done`` is its last event; nothing follows it for that reply.
+- A client applies each seq at most once: duplicates and replays of what it has already
+  seen are dropped, so each reply's text is assembled exactly once, in order.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Final
+
+from .protocol import (
+    JSON,
+    Delta,
+    Done,
+    Error,
+    FinishReason,
+    Paused,
+    Resumed,
+    ServerFrame,
+    Started,
+)
+
+__all__ = [
+    "TRANSITIONS",
+    "ClientSession",
+    "GatewaySession",
+    "LogLimits",
+    "ReplyProgress",
+    "ReplyState",
+    "ReplyView",
+    "SessionError",
+    "Replay",
+]
+
+
+class ReplyState(str, Enum):
+    PENDING = "pending"  # created by the client, not yet acknowledged
+    STREAMING = "streaming"
+    PAUSED = "paused"
+    DONE = "done"  # finished by the model (finish = stop or length)
+    STOPPED = "stopped"  # finished by the user (finish = stopped)
+    ERROR = "error"  # finished by a failure (finish = error)
+
+    @property
+    def finished(self) -> bool:
+        return self in _FINAL
+
+
+_FINAL: Final = frozenset({ReplyState.DONE, ReplyState.STOPPED, ReplyState.ERROR})
+
+# What may follow what. A final state has no successors.
+TRANSITIONS: Final[dict[ReplyState, frozenset[ReplyState]]] = {
+    ReplyState.PENDING: frozenset({ReplyState.STREAMING, *_FINAL}),
+    ReplyState.STREAMING: frozenset({ReplyState.PAUSED, *_FINAL}),
+    ReplyState.PAUSED: frozenset({ReplyState.STREAMING, *_FINAL}),
+    ReplyState.DONE: frozenset(),
+    ReplyState.STOPPED: frozenset(),
+    ReplyState.ERROR: frozenset(),
+}
+
+_STATE_BY_FINISH: Final[dict[str, ReplyState]] = {
+    "stop": ReplyState.DONE,
+    "length": ReplyState.DONE,
+    "stopped": ReplyState.STOPPED,
+    "error": ReplyState.ERROR,
+}
+
+
+class SessionError(ValueError):
+    """A request that the session state does not allow (unknown reply, reply id reused,
+    a transition the table forbids). The message is meant for the peer as is."""
+
+
+def _advance(current: ReplyState, new: ReplyState, reply: str) -> ReplyState:
+    if new not in TRANSITIONS[current]:
+        raise SessionError(f"reply {reply!r} cannot go from {current.value} to {new.value}")
+    return new
+
+
+# --- gateway side ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LogLimits:
+    """Bounds on a session's replay log. Older events are dropped first; a client that
+    resumes from before the oldest kept event gets a ``resume_gap``."""
+
+    max_events: int = 10_000
+    max_bytes: int = 8 * 1024 * 1024
+
+
+@dataclass
+class ReplyProgress:
+    """What the gateway knows of one reply."""
+
+    reply: str
+    model: str
+    state: ReplyState = ReplyState.STREAMING
+    text: list[str] = field(default_factory=list)  # everything generated so far
+    held: list[str] = field(default_factory=list)  # generated while paused, not yet sent
+    held_done: Done | None = None  # the end, reached while paused
+
+    @property
+    def full_text(self) -> str:
+        return "".join(self.text)
+
+
+@dataclass(frozen=True)
+class Replay:
+    """Result of :meth:`GatewaySession.replay`: the events to resend, or a gap."""
+
+    events: list[ServerFrame]
+    gap: bool = False
+    # With a gap: the full text so far of each reply that has not finished.
+    unfinished: dict[str, str] = field(default_factory=dict)
+
+
+class GatewaySession:
+    """One chat session as the gateway sees it.
+
+    Each method returns the events to send (already numbered and logged); the caller
+    sends them to the connected client, if any, in order.
+    """
+
+    def __init__(self, session_id: str, *, limits: LogLimits | None = None) -> None:
+        self.session_id = session_id
+        self.limits = limits or LogLimits()
+        self.last_seq = 0
+        self.replies: dict[str, ReplyProgress] = {}
+        self._log: deque[tuple[ServerFrame, int]] = deque()
+        self._log_bytes = 0
+
+    # Each event is sized by its text payload: cheap, and what dominates in practice.
+    def _emit(self, event: ServerFrame) -> ServerFrame:
+        size = 64 + len(getattr(event, "text", ""))
+        self._log.append((event, size))
+        self._log_bytes += size
+        while self._log and (
+            len(self._log) > self.limits.max_events or self._log_bytes > self.limits.max_bytes
+        ):
+            _, dropped = self._log.popleft()
+            self._log_bytes -= dropped
+        return event
+
+    def _next_seq(self) -> int:
+        self.last_seq += 1
+        return self.last_seq
+
+    def _get(self, reply: str) -> ReplyProgress:
+        progress = self.replies.get(reply)
+        if progress is None:
+            raise SessionError(f"unknown reply {reply!r}")
+        return progress
+
+    @property
+    def active(self) -> list[str]:
+        """Ids of replies that have not finished."""
+        return [r for r, p in self.replies.items() if not p.state.finished]
+
+    def start(self, reply: str, model: str) -> list[ServerFrame]:
+        if reply in self.replies:
+            raise SessionError(f"reply id {reply!r} was already used in this session")
+        self.replies[reply] = ReplyProgress(reply=reply, model=model)
+        return [self._emit(Started(seq=self._next_seq(), reply=reply, model=model))]
+
+    def delta(self, reply: str, text: str) -> list[ServerFrame]:
+        """Record generated text; returns a delta unless the reply is paused."""
+        progress = self._get(reply)
+        if progress.state.finished:
+            raise SessionError(f"reply {reply!r} has already finished")
+        if not text:
+            return []
+        progress.text.append(text)
+        if progress.state is ReplyState.PAUSED:
+            progress.held.append(text)
+            return []
+        return [self._emit(Delta(seq=self._next_seq(), reply=reply, text=text))]
+
+    def pause(self, reply: str) -> list[ServerFrame]:
+        progress = self._get(reply)
+        if progress.state is ReplyState.PAUSED:
+            return []  # pausing twice is harmless
+        progress.state = _advance(progress.state, ReplyState.PAUSED, reply)
+        return [self._emit(Paused(seq=self._next_seq(), reply=reply))]
+
+    def resume(self, reply: str) -> list[ServerFrame]:
+        progress = self._get(reply)
+        if progress.state is ReplyState.STREAMING:
+            return []  # resuming a reply that is not paused is harmless
+        progress.state = _advance(progress.state, ReplyState.STREAMING, reply)
+        events: list[ServerFrame] = [self._emit(Resumed(seq=self._next_seq(), reply=reply))]
+        events += self._release_held(progress)
+        if progress.held_done is not None:
+            done, progress.held_done = progress.held_done, None
+            events += self.finish(reply, done.finish, usage=done.usage, timing=done.timing)
+        return events
+
+    def _release_held(self, progress: ReplyProgress) -> list[ServerFrame]:
+        if not progress.held:
+            return []
+        text = "".join(progress.held)
+        progress.held.clear()
+        return [self._emit(Delta(seq=self._next_seq(), reply=progress.reply, text=text))]
+
+    def finish(
+        self,
+        reply: str,
+        finish: FinishReason,
+        *,
+        usage: JSON | None = None,
+        timing: JSON | None = None,
+        error: Error | None = None,
+    ) -> list[ServerFrame]:
+        """End a reply. A natural end reached while paused is held until ``resume``;
+        a stop or an error ends it at once, releasing any held text first."""
+        progress = self._get(reply)
+        if progress.state.finished:
+            return []  # e.g. a stop that raced the natural end: the first end wins
+        if progress.state is ReplyState.PAUSED and finish in ("stop", "length"):
+            progress.held_done = Done(seq=0, reply=reply, finish=finish, usage=usage,
+                                      timing=timing or {})
+            return []
+        events = self._release_held(progress)
+        progress.held_done = None
+        progress.state = _STATE_BY_FINISH[finish]
+        if error is not None:
+            events.append(self._emit(Error(code=error.code, message=error.message,
+                                           reply=reply, seq=self._next_seq())))
+        events.append(self._emit(Done(seq=self._next_seq(), reply=reply, finish=finish,
+                                      usage=usage, timing=timing or {})))
+        return events
+
+    def replay(self, after_seq: int) -> Replay:
+        """Events with ``seq > after_seq``, oldest first, for a client that resumes.
+
+        When the log no longer reaches back to ``after_seq + 1``, returns a gap with the
+        full text so far of each unfinished reply, and the kept events after that point.
+        """
+        if after_seq > self.last_seq:
+            raise SessionError(
+                f"last_seq {after_seq} is ahead of this session (last seq {self.last_seq})"
+            )
+        # Only reply events are logged, and every one of them carries a seq.
+        oldest_seq = _seq_of(self._log[0][0]) if self._log else self.last_seq + 1
+        events = [e for e, _ in self._log if _seq_of(e) > after_seq]
+        if oldest_seq <= after_seq + 1:
+            return Replay(events=events)
+        unfinished = {r: p.full_text for r, p in self.replies.items() if not p.state.finished}
+        return Replay(events=events, gap=True, unfinished=unfinished)
+
+
+def _seq_of(event: ServerFrame) -> int:
+    seq = getattr(event, "seq", None)
+    return seq if isinstance(seq, int) else 0
+
+
+# --- client side -------------------------------------------------------------
+
+
+@dataclass
+class ReplyView:
+    """What the client knows of one reply: its assembled text and its state."""
+
+    reply: str
+    state: ReplyState = ReplyState.PENDING
+    model: str | None = None
+    parts: list[str] = field(default_factory=list)
+    finish: FinishReason | None = None
+    error: str | None = None
+    error_code: str | None = None
+    usage: JSON | None = None
+    timing: JSON = field(default_factory=dict)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+class ClientSession:
+    """The client's view of a session: which seq it has applied, and each reply's text.
+
+    :meth:`receive` applies a frame at most once and reports whether it was new.
+    """
+
+    def __init__(self) -> None:
+        self.session_id: str | None = None
+        self.last_seq = 0
+        self.replies: dict[str, ReplyView] = {}
+        self.duplicates = 0  # frames dropped because their seq was already applied
+
+    def open(self, reply: str) -> ReplyView:
+        """Register a reply the client is about to ``start``."""
+        if reply in self.replies:
+            raise SessionError(f"reply id {reply!r} is already in use")
+        view = ReplyView(reply=reply)
+        self.replies[reply] = view
+        return view
+
+    def receive(self, frame: ServerFrame) -> bool:
+        """Apply one frame from the gateway. Returns False for a duplicate (ignored)."""
+        seq = getattr(frame, "seq", None)
+        if seq is not None:
+            if seq <= self.last_seq:
+                self.duplicates += 1
+                return False
+            self.last_seq = seq
+        reply_id = getattr(frame, "reply", None)
+        view = self.replies.get(reply_id) if reply_id is not None else None
+        if view is None:
+            return True  # session-level frame, or a reply this client did not open
+        if isinstance(frame, Started):
+            view.model = frame.model
+            if view.state is ReplyState.PENDING:
+                view.state = ReplyState.STREAMING
+        elif isinstance(frame, Delta):
+            view.parts.append(frame.text)
+            if view.state is ReplyState.PENDING:
+                view.state = ReplyState.STREAMING
+        elif isinstance(frame, Paused):
+            if not view.state.finished:
+                view.state = ReplyState.PAUSED
+        elif isinstance(frame, Resumed):
+            if not view.state.finished:
+                view.state = ReplyState.STREAMING
+        elif isinstance(frame, Error):
+            # Only a sequenced error is the reply's failure; an unsequenced one answers a
+            # bad request about the reply (e.g. pause after it ended) and changes nothing.
+            if frame.seq is not None:
+                view.error, view.error_code = frame.message, frame.code
+        elif isinstance(frame, Done):
+            view.finish = frame.finish
+            view.usage = frame.usage
+            view.timing = dict(frame.timing)
+            view.state = _STATE_BY_FINISH[frame.finish]
+        return True
+
+    def restore_text(self, reply: str, text: str) -> None:
+        """After a ``resume_gap``: replace a reply's text with the gateway's full text."""
+        view = self.replies.get(reply)
+        if view is not None:
+            view.parts = [text] if text else []
+
+    def fail(self, reply: str, code: str, message: str) -> None:
+        """End a reply locally (e.g. the gateway could not be reached)."""
+        view = self.replies.get(reply)
+        if view is None or view.state.finished:
+            return
+        view.error, view.error_code = message, code
+        view.finish = "error"
+        view.state = ReplyState.ERROR

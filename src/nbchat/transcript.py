@@ -1,0 +1,145 @@
+"""The conversation as records: what was said, by whom, with which model, and how fast.
+
+Pure: no I/O. pandas is imported only inside :meth:`Transcript.to_dataframe`, so nbchat
+works without it until a DataFrame is asked for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Final
+
+from .protocol import ChatMessage, FinishReason, Role
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["COLUMNS", "Message", "Transcript"]
+
+# Columns of to_dataframe(), in order. User rows have nulls where timing does not apply.
+COLUMNS: Final = (
+    "turn",
+    "role",
+    "content",
+    "model",
+    "finish",
+    "created_at",
+    "first_token_s",
+    "duration_s",
+    "chunks",
+    "tokens_per_s",
+    "prompt_tokens",
+    "completion_tokens",
+    "error",
+    "reply_id",
+)
+
+
+@dataclass
+class Message:
+    """One message of the transcript. Assistant messages carry timing measured by the
+    client from the moment the request was sent: ``first_token_s`` (time to first
+    token), ``duration_s`` (to the last event), ``chunks`` (deltas received)."""
+
+    turn: int
+    role: Role
+    content: str
+    created_at: float  # Unix time, seconds
+    model: str | None = None
+    finish: FinishReason | None = None
+    first_token_s: float | None = None
+    duration_s: float | None = None
+    chunks: int | None = None
+    usage: dict[str, Any] | None = None
+    error: str | None = None
+    reply_id: str | None = None
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        """Completion tokens per second after the first token; from usage when the
+        provider reported it, else from chunks received."""
+        if self.role != "assistant" or self.duration_s is None or self.first_token_s is None:
+            return None
+        tokens = (self.usage or {}).get("completion_tokens", self.chunks)
+        span = self.duration_s - self.first_token_s
+        if not tokens or span <= 0:
+            return None
+        return float(tokens) / span
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["tokens_per_s"] = self.tokens_per_s
+        return data
+
+
+@dataclass
+class Transcript:
+    """An ordered list of messages, with the optional system prompt kept apart."""
+
+    system: str | None = None
+    messages: list[Message] = field(default_factory=list)
+
+    @property
+    def turns(self) -> int:
+        return sum(1 for m in self.messages if m.role == "user")
+
+    def add_user(self, content: str, *, at: float) -> Message:
+        message = Message(turn=self.turns + 1, role="user", content=content, created_at=at)
+        self.messages.append(message)
+        return message
+
+    def add_assistant(self, *, reply_id: str, model: str | None, at: float) -> Message:
+        message = Message(
+            turn=max(self.turns, 1),
+            role="assistant",
+            content="",
+            created_at=at,
+            model=model,
+            reply_id=reply_id,
+        )
+        self.messages.append(message)
+        return message
+
+    def history(self) -> tuple[ChatMessage, ...]:
+        """The messages to send with the next request: the system prompt, then every
+        message with content. A stopped reply's partial text is kept; an empty failed
+        reply is left out, so a retry does not carry it."""
+        out: list[ChatMessage] = []
+        if self.system:
+            out.append(ChatMessage(role="system", content=self.system))
+        out += [
+            ChatMessage(role=m.role, content=m.content)
+            for m in self.messages
+            if m.content or m.role == "user"
+        ]
+        return tuple(out)
+
+    def clear(self) -> None:
+        self.messages.clear()
+
+    def to_records(self) -> list[dict[str, Any]]:
+        """One dict per message with exactly the :data:`COLUMNS` keys."""
+        out = []
+        for m in self.messages:
+            data = m.to_dict()
+            usage = m.usage or {}
+            data["prompt_tokens"] = usage.get("prompt_tokens")
+            data["completion_tokens"] = usage.get("completion_tokens")
+            out.append({c: data.get(c) for c in COLUMNS})
+        return out
+
+    def to_dataframe(self) -> pd.DataFrame:
+        """The transcript as a pandas DataFrame, one row per message (needs pandas)."""
+        try:
+            import pandas as pd
+        except ImportError as exc:  # pragma: no cover - exercised only without pandas
+            raise ImportError(
+                "to_dataframe() needs pandas: pip install pandas (or nbchat[pandas])"
+            ) from exc
+        frame = pd.DataFrame.from_records(self.to_records(), columns=list(COLUMNS))
+        frame["created_at"] = pd.to_datetime(frame["created_at"], unit="s", utc=True)
+        for column in ("first_token_s", "duration_s", "tokens_per_s"):
+            frame[column] = frame[column].astype("float64")
+        for column in ("chunks", "prompt_tokens", "completion_tokens"):
+            frame[column] = frame[column].astype("Int64")
+        return frame

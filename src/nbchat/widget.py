@@ -1,0 +1,171 @@
+"""``nbchat.Chat``: the chat pane widget and the Python API to drive it from code.
+
+The widget is a declaration of synced traits plus thin methods; the conversation logic
+lives in :class:`~nbchat.conversation.Conversation`, which calls back into
+:class:`_TraitBridge` on the client loop thread.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anywidget
+import traitlets
+
+from .conversation import ConnectionStatus, Conversation, ConversationListener
+from .gateway.embedded import shared_gateway
+from .reply import Reply
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["Chat"]
+
+_STATIC = Path(__file__).parent / "static"
+_MISSING_BUNDLE = """
+export default { render({ el }) {
+  el.textContent = "nbchat: the front end is not built. Run `pip install -e .` (needs Node 20) " +
+    "or install nbchat from a wheel.";
+} };
+"""
+
+
+def _asset(name: str, fallback: str) -> Path | str:
+    path = _STATIC / name
+    return path if path.exists() else fallback
+
+
+class Chat(anywidget.AnyWidget):  # type: ignore[misc]
+    """A streaming LLM chat: a pane in the notebook, and an object to drive from code.
+
+    ``Chat()`` with no ``url`` talks to an embedded gateway in this process, which offers
+    the offline ``demo`` model. ``Chat(url="ws://host:8765/v1/chat", token=...)`` uses a
+    gateway started with ``nbchat serve``. Extra keyword arguments are request params
+    sent with every message (``tokens_per_s``, ``max_tokens``, ``temperature``, ...).
+
+    ``send()`` returns a :class:`~nbchat.reply.Reply` at once; a send while a reply
+    streams is queued and starts when that reply ends.
+    """
+
+    _esm = _asset("widget.js", _MISSING_BUNDLE)
+    _css = _asset("widget.css", "")
+
+    # The transcript: one dict per message; rewritten at turn boundaries only.
+    messages = traitlets.List(traitlets.Dict()).tag(sync=True)
+    # The link to the gateway: connecting, connected, offline or closed; and why.
+    status = traitlets.Unicode("connecting").tag(sync=True)
+    error = traitlets.Unicode("").tag(sync=True)
+    # Models the gateway offers, and the one used for the next message.
+    models = traitlets.List(traitlets.Unicode()).tag(sync=True)
+    model = traitlets.Unicode("").tag(sync=True)
+
+    def __init__(
+        self,
+        url: str | None = None,
+        model: str | None = None,
+        system: str | None = None,
+        token: str | None = None,
+        **params: Any,
+    ) -> None:
+        super().__init__()
+        if url is None:
+            gateway = shared_gateway()
+            url, token = gateway.url, gateway.token
+        self.url = url
+        if model:
+            self.model = model
+        self._conversation = Conversation(
+            url,
+            token=token,
+            model=model,
+            system=system,
+            params=params,
+            listener=_TraitBridge(self),
+        )
+
+    @traitlets.observe("model")
+    def _model_changed(self, change: dict[str, Any]) -> None:
+        conversation = getattr(self, "_conversation", None)
+        if conversation is not None and change["new"]:
+            conversation.model = change["new"]
+
+    # --- the API ------------------------------------------------------------------
+
+    def send(self, text: str, **params: Any) -> Reply:
+        """Send a user message; returns its :class:`Reply` at once, without blocking.
+
+        ``params`` override the chat's request params for this message only.
+        Raises ``ValueError`` for empty text and ``RuntimeError`` after :meth:`close`.
+        """
+        return self._conversation.send(text, **params)
+
+    @property
+    def reply(self) -> Reply | None:
+        """The reply streaming now (or the next queued one), if any."""
+        return self._conversation.current
+
+    def stop(self) -> Reply | None:
+        """Stop the reply in flight (the partial text stays, ``finish == "stopped"``)."""
+        reply = self.reply
+        return reply.stop() if reply is not None else None
+
+    def pause(self) -> Reply | None:
+        """Pause delivery of the reply in flight; nothing generated meanwhile is lost."""
+        reply = self.reply
+        return reply.pause() if reply is not None else None
+
+    def resume(self) -> Reply | None:
+        """Resume the paused reply: what was held arrives first, then it goes on live."""
+        reply = self.reply
+        return reply.resume() if reply is not None else None
+
+    def clear(self) -> None:
+        """Stop what is running, drop queued messages and start a fresh transcript."""
+        self._conversation.clear()
+
+    def to_dataframe(self) -> pd.DataFrame:
+        """The transcript as a pandas DataFrame, one row per message, with timing
+        (``first_token_s``, ``duration_s``, ``chunks``, ``tokens_per_s``) and usage."""
+        with self._conversation.lock:
+            return self._conversation.transcript.to_dataframe()
+
+    @property
+    def system(self) -> str | None:
+        return self._conversation.transcript.system
+
+    def close(self) -> None:
+        """Stop what is running, close the connection and the widget. Idempotent."""
+        conversation = getattr(self, "_conversation", None)
+        if conversation is not None:
+            conversation.close()
+        super().close()
+
+    def __enter__(self) -> Chat:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class _TraitBridge(ConversationListener):
+    """Mirrors conversation state into the widget's synced traits."""
+
+    def __init__(self, chat: Chat) -> None:
+        self.chat = chat
+
+    def on_status(self, status: ConnectionStatus, error: str | None) -> None:
+        self.chat.status = status
+        self.chat.error = error or ""
+
+    def on_models(self, models: list[str]) -> None:
+        self.chat.models = models
+        if not self.chat.model and models:
+            self.chat.model = models[0]
+
+    def on_transcript(self) -> None:
+        self.chat.messages = self.chat._conversation.records()
+
+    def on_reply_status(self, reply: Reply) -> None:
+        if reply.finished:
+            self.on_transcript()
