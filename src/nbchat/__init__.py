@@ -4,8 +4,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .client import GatewayUnavailable  # noqa: E402
-from .reply import Reply  # noqa: E402
-from .widget import Chat  # noqa: E402
+from .client import GatewayUnavailable
+from .reply import Reply
+from .widget import Chat
 
 __all__ = ["Chat", "GatewayUnavailable", "Reply", "__version__"]

@@ -21,13 +21,18 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"nbchat {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run a gateway that Chat(url=...) connects to")
-    serve.add_argument("--host", default="127.0.0.1",
-                       help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
+    serve.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)",
+    )
     serve.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 = any free)")
-    serve.add_argument("--token", default=os.environ.get("NBCHAT_TOKEN"),
-                       help="require this bearer token (default: $NBCHAT_TOKEN; none if unset)")
-    serve.add_argument("--log-level", default="info",
-                       choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--token",
+        default=os.environ.get("NBCHAT_TOKEN"),
+        help="require this bearer token (default: $NBCHAT_TOKEN; none if unset)",
+    )
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return parser
 
 

@@ -98,18 +98,24 @@ class ClientConnection:
                 f"cannot reach the gateway at {self.url}: {exc or type(exc).__name__}"
             ) from None
         try:
-            hello = Hello(client=f"nbchat-python/{__version__}",
-                          session=self.session.session_id,
-                          last_seq=self.session.last_seq if self.session.session_id else None)
+            hello = Hello(
+                client=f"nbchat-python/{__version__}",
+                session=self.session.session_id,
+                last_seq=self.session.last_seq if self.session.session_id else None,
+            )
             await websocket.send(encode(hello))
             first = await asyncio.wait_for(websocket.recv(), OPEN_TIMEOUT_S)
             welcome = decode_server(first)
         except (ConnectionClosed, TimeoutError, ProtocolError) as exc:
             await websocket.close()
-            raise GatewayUnavailable(f"the gateway at {self.url} did not welcome us: {exc}") from None
+            raise GatewayUnavailable(
+                f"the gateway at {self.url} did not welcome us: {exc}"
+            ) from None
         if not isinstance(welcome, Welcome):
             await websocket.close()
-            raise GatewayUnavailable(f"the gateway at {self.url} answered {welcome.type!r} to hello")
+            raise GatewayUnavailable(
+                f"the gateway at {self.url} answered {welcome.type!r} to hello"
+            )
         self.session.session_id = welcome.session
         self.welcome = welcome
         self._websocket = websocket

@@ -9,10 +9,10 @@ on the client loop thread; public methods may be called from any thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -137,10 +137,9 @@ class Conversation:
         self._stop_all()
         self._closing = True
         self._loop.call_soon_threadsafe(self._queue.put_nowait, None)
-        try:
+        # Closing must not raise for a link that already failed.
+        with contextlib.suppress(Exception):
             self._worker.result(timeout=CLOSE_TIMEOUT_S)
-        except Exception:  # closing must not raise for a link that already failed
-            pass
 
     def _stop_all(self) -> None:
         with self.lock:
@@ -206,8 +205,9 @@ class Conversation:
         self._current = in_flight
         self.listener.on_transcript()
         try:
-            await self._connection.send(Start(reply=reply.id, messages=history, model=model,
-                                              params=reply.params))
+            await self._connection.send(
+                Start(reply=reply.id, messages=history, model=model, params=reply.params)
+            )
         except GatewayUnavailable as exc:
             self._end(in_flight, "error", error=str(exc), code="unavailable")
         await in_flight.ended.wait()
@@ -222,7 +222,13 @@ class Conversation:
                 reply._end("stopped")
                 self.listener.on_reply_status(reply)
             return
-        frame = {"stop": Stop, "pause": Pause, "resume": Resume}[action](reply=reply.id)
+        frame: Stop | Pause | Resume
+        if action == "stop":
+            frame = Stop(reply=reply.id)
+        elif action == "pause":
+            frame = Pause(reply=reply.id)
+        else:
+            frame = Resume(reply=reply.id)
         try:
             await self._connection.send(frame)
         except GatewayUnavailable as exc:
@@ -262,8 +268,9 @@ class Conversation:
             message.usage = frame.usage
             self._end(in_flight, frame.finish, error=view.error, code=view.error_code)
 
-    def _end(self, in_flight: _InFlight, finish: Any, *, error: str | None,
-             code: str | None) -> None:
+    def _end(
+        self, in_flight: _InFlight, finish: Any, *, error: str | None, code: str | None
+    ) -> None:
         reply, message = in_flight.reply, in_flight.message
         with self.lock:
             message.finish = finish

@@ -27,11 +27,11 @@ __all__ = [
     "Error",
     "Frame",
     "Hello",
+    "Pause",
     "Paused",
     "Ping",
     "Pong",
     "ProtocolError",
-    "Pause",
     "Resume",
     "Resumed",
     "ServerFrame",
@@ -200,9 +200,9 @@ class Pong:
     t: float
 
 
-ClientFrame = Union[Hello, Start, Stop, Pause, Resume, Ping]
-ServerFrame = Union[Welcome, Started, Delta, Paused, Resumed, Done, Error, Pong]
-Frame = Union[ClientFrame, ServerFrame]
+ClientFrame = Hello | Start | Stop | Pause | Resume | Ping
+ServerFrame = Welcome | Started | Delta | Paused | Resumed | Done | Error | Pong
+Frame = ClientFrame | ServerFrame
 
 CLIENT_TYPES: Final[dict[str, type[Any]]] = {
     cls.type: cls for cls in (Hello, Start, Stop, Pause, Resume, Ping)

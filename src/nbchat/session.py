@@ -39,11 +39,11 @@ __all__ = [
     "ClientSession",
     "GatewaySession",
     "LogLimits",
+    "Replay",
     "ReplyProgress",
     "ReplyState",
     "ReplyView",
     "SessionError",
-    "Replay",
 ]
 
 
@@ -231,17 +231,30 @@ class GatewaySession:
         if progress.state.finished:
             return []  # e.g. a stop that raced the natural end: the first end wins
         if progress.state is ReplyState.PAUSED and finish in ("stop", "length"):
-            progress.held_done = Done(seq=0, reply=reply, finish=finish, usage=usage,
-                                      timing=timing or {})
+            progress.held_done = Done(
+                seq=0, reply=reply, finish=finish, usage=usage, timing=timing or {}
+            )
             return []
         events = self._release_held(progress)
         progress.held_done = None
         progress.state = _STATE_BY_FINISH[finish]
         if error is not None:
-            events.append(self._emit(Error(code=error.code, message=error.message,
-                                           reply=reply, seq=self._next_seq())))
-        events.append(self._emit(Done(seq=self._next_seq(), reply=reply, finish=finish,
-                                      usage=usage, timing=timing or {})))
+            events.append(
+                self._emit(
+                    Error(code=error.code, message=error.message, reply=reply, seq=self._next_seq())
+                )
+            )
+        events.append(
+            self._emit(
+                Done(
+                    seq=self._next_seq(),
+                    reply=reply,
+                    finish=finish,
+                    usage=usage,
+                    timing=timing or {},
+                )
+            )
+        )
         return events
 
     def replay(self, after_seq: int) -> Replay:

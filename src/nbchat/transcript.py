@@ -136,7 +136,7 @@ class Transcript:
             raise ImportError(
                 "to_dataframe() needs pandas: pip install pandas (or nbchat[pandas])"
             ) from exc
-        frame = pd.DataFrame.from_records(self.to_records(), columns=list(COLUMNS))
+        frame: pd.DataFrame = pd.DataFrame.from_records(self.to_records(), columns=list(COLUMNS))
         frame["created_at"] = pd.to_datetime(frame["created_at"], unit="s", utc=True)
         for column in ("first_token_s", "duration_s", "tokens_per_s"):
             frame[column] = frame[column].astype("float64")

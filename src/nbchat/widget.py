@@ -36,7 +36,7 @@ def _asset(name: str, fallback: str) -> Path | str:
     return path if path.exists() else fallback
 
 
-class Chat(anywidget.AnyWidget):  # type: ignore[misc]
+class Chat(anywidget.AnyWidget):
     """A streaming LLM chat: a pane in the notebook, and an object to drive from code.
 
     ``Chat()`` with no ``url`` talks to an embedded gateway in this process, which offers

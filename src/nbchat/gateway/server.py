@@ -42,7 +42,7 @@ from ..protocol import (
 from ..session import GatewaySession, LogLimits, SessionError
 from .providers import DemoProvider, Finish, Provider, ProviderError, Request, TextChunk
 
-__all__ = ["CHAT_PATH", "Gateway", "ModelRoute"]
+__all__ = ["CHAT_PATH", "Gateway", "GatewayConnection", "LiveSession", "ModelRoute"]
 
 log = logging.getLogger("nbchat.gateway")
 
@@ -169,8 +169,9 @@ class Gateway:
         route = self.models.get(frame.model)
         if route is None:
             known = ", ".join(sorted(self.models)) or "none"
-            error = Error(code="unknown_model",
-                          message=f"unknown model {frame.model!r}; available: {known}")
+            error = Error(
+                code="unknown_model", message=f"unknown model {frame.model!r}; available: {known}"
+            )
             live.emit(live.state.finish(frame.reply, "error", error=error))
             return
         request = Request(messages=frame.messages, model=route.upstream, params=frame.params)
@@ -194,8 +195,9 @@ class Gateway:
                     timing.setdefault("first_token_s", round(loop.time() - began, 6))
                     live.emit(live.state.delta(reply, item.text))
                 elif isinstance(item, Finish):
-                    live.emit(live.state.finish(reply, item.reason, usage=item.usage,
-                                                timing=elapsed()))
+                    live.emit(
+                        live.state.finish(reply, item.reason, usage=item.usage, timing=elapsed())
+                    )
                     return
             raise ProviderError("upstream_error", "the provider ended without finishing")
         except asyncio.CancelledError:
@@ -206,8 +208,9 @@ class Gateway:
             live.emit(live.state.finish(reply, "error", timing=elapsed(), error=error))
         except Exception as exc:  # a provider bug must not take the gateway down
             log.exception("provider failed on reply %s", reply)
-            error = Error(code="upstream_error",
-                          message=f"the provider failed: {type(exc).__name__}: {exc}")
+            error = Error(
+                code="upstream_error", message=f"the provider failed: {type(exc).__name__}: {exc}"
+            )
             live.emit(live.state.finish(reply, "error", timing=elapsed(), error=error))
 
     def stop_reply(self, live: LiveSession, reply: str) -> None:
@@ -292,14 +295,24 @@ class GatewayConnection:
             # A newer connection takes the session over; the old one gets nothing more.
             live.connection = None
         self.live = live
-        self.send(Welcome(session=live.state.session_id, last_seq=live.state.last_seq,
-                          models=tuple(self.gateway.models), resumed=resumed,
-                          server=f"nbchat/{__version__}"))
+        self.send(
+            Welcome(
+                session=live.state.session_id,
+                last_seq=live.state.last_seq,
+                models=tuple(self.gateway.models),
+                resumed=resumed,
+                server=f"nbchat/{__version__}",
+            )
+        )
         if replay is not None:
             if replay.gap:
-                self.send(Error(code="resume_gap",
-                                message="the session log no longer reaches back to your "
-                                "last_seq; unfinished replies are sent in full"))
+                self.send(
+                    Error(
+                        code="resume_gap",
+                        message="the session log no longer reaches back to your "
+                        "last_seq; unfinished replies are sent in full",
+                    )
+                )
             for event in replay.events:
                 self.send(event)
         live.connection = self

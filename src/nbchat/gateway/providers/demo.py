@@ -30,7 +30,7 @@ _TIPS: Final = (
     "Call `chat.send(...)` from a cell and watch the pane update live.",
     "Use `chat.to_dataframe()` to get the transcript with timing columns.",
     "Set `tokens_per_s=0` to stream as fast as the link allows.",
-    "Set `max_tokens` to cut a reply short with `finish == \"length\"`.",
+    'Set `max_tokens` to cut a reply short with `finish == "length"`.',
     "Iterate over a reply with `for chunk in reply:` to process it as it streams.",
     "Use `await reply` in an async cell to keep the kernel free.",
     "Point `Chat(url=...)` at a gateway started with `nbchat serve`.",
@@ -65,8 +65,7 @@ def demo_reply(request: Request) -> str:
         first = users[0].strip()
         first = first if len(first) <= 60 else first[:57] + "..."
         earlier = (
-            f"This is turn {len(users)} of our conversation; it began with "
-            f"\u201c{first}\u201d."
+            f"This is turn {len(users)} of our conversation; it began with \u201c{first}\u201d."
         )
     return (
         f"**Demo reply.** You wrote: \u201c{quote}\u201d. I am nbchat's built-in offline "
@@ -109,6 +108,9 @@ class DemoProvider:
             await asyncio.sleep(max(delay, 0.0))
             yield TextChunk(token)
         prompt = sum(len(tokenize(m.content)) for m in request.messages)
-        usage = {"prompt_tokens": prompt, "completion_tokens": len(tokens),
-                 "total_tokens": prompt + len(tokens)}
+        usage = {
+            "prompt_tokens": prompt,
+            "completion_tokens": len(tokens),
+            "total_tokens": prompt + len(tokens),
+        }
         yield Finish(reason, usage=usage)

@@ -1,0 +1,52 @@
+"""Shared fixtures: real gateways on loopback, and one scaled time limit."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from nbchat import Chat
+from nbchat.gateway import EmbeddedGateway, Gateway
+
+# Every wait in the tests derives from this, so a slow machine scales one number.
+TIMEOUT = 10.0 * float(os.environ.get("NBCHAT_TEST_TIME_SCALE", "1"))
+
+
+@pytest.fixture
+def embedded() -> Iterator[EmbeddedGateway]:
+    """A fresh gateway of its own on a free loopback port, with a token."""
+    gateway = EmbeddedGateway(Gateway(token="test-token")).start()
+    yield gateway
+    gateway.close()
+
+
+@pytest.fixture
+def chat(embedded: EmbeddedGateway) -> Iterator[Chat]:
+    """A Chat on its own gateway, streaming fast."""
+    with Chat(url=embedded.url, token=embedded.token, tokens_per_s=0) as chat:
+        yield chat
+
+
+@pytest.fixture
+async def gateway() -> AsyncIterator[Gateway]:
+    """A gateway running on the test's own event loop, for raw WebSocket tests."""
+    gateway = Gateway()
+    await gateway.start("127.0.0.1", 0)
+    yield gateway
+    await gateway.close()
+
+
+REQUIRE_ALL = os.environ.get("NBCHAT_REQUIRE_ALL") == "1"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """In CI (NBCHAT_REQUIRE_ALL=1, set by .ci/run) a test that cannot run fails instead
+    of skipping, so a missing browser or Redis never passes silently."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if REQUIRE_ALL and report.skipped and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = f"skipped, but NBCHAT_REQUIRE_ALL=1 forbids skips: {report.longrepr}"

@@ -1,0 +1,277 @@
+"""Chat end to end over real WebSockets on loopback: streaming, stop, pause/resume,
+multi-turn history, concurrency, errors, and a gateway started by `nbchat serve`."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from conftest import TIMEOUT
+from nbchat import Chat, Reply
+from nbchat.gateway import EmbeddedGateway
+from nbchat.gateway.providers.base import Request
+from nbchat.gateway.providers.demo import demo_reply
+from nbchat.protocol import ChatMessage
+
+
+def expected(*history: str) -> str:
+    """The demo model's reply to the given alternating user/assistant history."""
+    roles = ["user", "assistant"] * len(history)
+    messages = tuple(ChatMessage(r, t) for r, t in zip(roles, history, strict=False))  # type: ignore[arg-type]
+    return demo_reply(Request(messages=messages, model="demo"))
+
+
+def wait_until(predicate: object, what: str) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while not predicate():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.005)
+
+
+def test_a_reply_streams_in_several_chunks_in_order(chat: Chat) -> None:
+    reply = chat.send("Explain WebSockets in two sentences", tokens_per_s=200)
+    assert reply.status == "pending"  # send() returned before anything arrived
+    seen = list(reply)  # iterate as chunks arrive
+    assert len(seen) > 20
+    assert "".join(seen) == reply.text == expected("Explain WebSockets in two sentences")
+    assert reply.status == "done"
+    assert reply.finish == "stop"
+    assert reply.error is None
+    assert reply.usage is not None
+    assert reply.usage["completion_tokens"] == len(seen)
+
+
+def test_wait_returns_the_reply_and_times_out_clearly(chat: Chat) -> None:
+    slow = chat.send("hi", tokens_per_s=5)
+    with pytest.raises(TimeoutError, match=r"still (streaming|pending)"):
+        slow.wait(timeout=0.2)
+    assert slow.stop().wait(TIMEOUT) is slow
+
+
+def test_stop_ends_the_reply_quickly_and_keeps_the_partial_text(chat: Chat) -> None:
+    reply = chat.send("tell me everything", tokens_per_s=50)
+    wait_until(lambda: len(reply.chunks) >= 5, "a few chunks")
+    asked = time.monotonic()
+    assert chat.stop() is reply
+    reply.wait(TIMEOUT)
+    latency = time.monotonic() - asked
+    assert reply.status == "stopped"
+    assert reply.finish == "stopped"
+    assert 0 < len(reply.text) < len(expected("tell me everything"))
+    assert expected("tell me everything").startswith(reply.text)
+    assert latency < 0.1, f"stop took {latency * 1000:.0f} ms"
+    last = chat.messages[-1]
+    assert last["finish"] == "stopped"
+    assert last["content"] == reply.text
+
+
+def test_pause_holds_and_resume_completes_with_the_same_text(chat: Chat) -> None:
+    reply = chat.send("pause me", tokens_per_s=40)
+    wait_until(lambda: len(reply.chunks) >= 3, "a few chunks")
+    reply.pause()
+    wait_until(lambda: reply.status == "paused", "paused")
+    held_at = len(reply.text)
+    time.sleep(1.0)
+    assert len(reply.text) == held_at, "text grew while paused"
+    chat.resume()
+    reply.wait(TIMEOUT)
+    assert reply.finish == "stop"
+    assert reply.text == expected("pause me")
+    # The time paused was spent generating: what was held arrived in one piece.
+    assert any(len(c) > 20 for c in reply.chunks)
+
+
+def test_a_second_turn_carries_the_history(chat: Chat) -> None:
+    first = chat.send("first question").wait(TIMEOUT)
+    second = chat.send("and the second?").wait(TIMEOUT)
+    assert second.text == expected("first question", first.text, "and the second?")
+    assert "turn 2" in second.text
+    roles = [m["role"] for m in chat.messages]
+    assert roles == ["user", "assistant", "user", "assistant"]
+
+
+def test_a_send_while_streaming_is_queued_and_runs_next(chat: Chat) -> None:
+    first = chat.send("one", tokens_per_s=100)
+    second = chat.send("two")
+    assert second.status == "pending"
+    second.wait(TIMEOUT)
+    assert first.finished
+    assert first.finish == "stop"
+    assert second.text == expected("one", first.text, "two")
+
+
+def test_stopping_a_queued_reply_means_it_never_starts(chat: Chat) -> None:
+    first = chat.send("one", tokens_per_s=100)
+    second = chat.send("two")
+    second.stop()
+    first.wait(TIMEOUT)
+    assert second.wait(TIMEOUT).finish == "stopped"
+    assert second.text == ""
+    assert [m["content"] for m in chat.messages if m["role"] == "user"] == ["one"]
+
+
+def test_two_chats_stream_at_once_without_mixing(embedded: EmbeddedGateway) -> None:
+    with (
+        Chat(url=embedded.url, token=embedded.token, tokens_per_s=100) as a,
+        Chat(url=embedded.url, token=embedded.token, tokens_per_s=100) as b,
+    ):
+        ra, rb = a.send("alpha question"), b.send("beta question")
+        wait_until(lambda: ra.chunks and rb.chunks, "both streaming")
+        assert not (ra.finished)
+        assert not (rb.finished)
+        ra.wait(TIMEOUT)
+        rb.wait(TIMEOUT)
+        assert ra.text == expected("alpha question")
+        assert rb.text == expected("beta question")
+
+
+def test_await_and_async_iteration_do_not_block_the_callers_loop(chat: Chat) -> None:
+    async def main() -> tuple[list[str], Reply, int]:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.01)
+
+        task = asyncio.create_task(ticker())
+        reply = chat.send("async please", tokens_per_s=100)
+        chunks = [chunk async for chunk in reply]
+        again = await reply
+        task.cancel()
+        return chunks, again, ticks
+
+    chunks, reply, ticks = asyncio.run(main())
+    assert "".join(chunks) == reply.text == expected("async please")
+    assert ticks > 5  # the caller's loop kept running while it waited
+
+
+def test_max_tokens_ends_with_finish_length(chat: Chat) -> None:
+    reply = chat.send("hi", max_tokens=7).wait(TIMEOUT)
+    assert reply.finish == "length"
+    assert reply.status == "done"
+    assert len(reply.chunks) == 7
+
+
+def test_system_prompt_is_sent_first(embedded: EmbeddedGateway) -> None:
+    with Chat(url=embedded.url, token=embedded.token, system="Be terse.", tokens_per_s=0) as chat:
+        reply = chat.send("hi").wait(TIMEOUT)
+        history = (ChatMessage("system", "Be terse."), ChatMessage("user", "hi"))
+        assert reply.text == demo_reply(Request(messages=history, model="demo"))
+        assert chat.system == "Be terse."
+
+
+def test_to_dataframe_has_timing_per_reply(chat: Chat) -> None:
+    chat.send("one").wait(TIMEOUT)
+    chat.send("two", tokens_per_s=300).wait(TIMEOUT)
+    frame = chat.to_dataframe()
+    assert frame["role"].tolist() == ["user", "assistant", "user", "assistant"]
+    replies = frame[frame["role"] == "assistant"]
+    assert (replies["first_token_s"] > 0).all()
+    assert (replies["duration_s"] >= replies["first_token_s"]).all()
+    assert (replies["chunks"] > 10).all()
+    assert (replies["tokens_per_s"] > 0).all()
+    assert replies["model"].tolist() == ["demo", "demo"]
+    assert frame[frame["role"] == "user"]["duration_s"].isna().all()
+
+
+def test_clear_starts_a_fresh_transcript(chat: Chat) -> None:
+    chat.send("remember me").wait(TIMEOUT)
+    chat.clear()
+    wait_until(lambda: chat.messages == [], "an empty transcript")
+    reply = chat.send("who am I?").wait(TIMEOUT)
+    assert reply.text == expected("who am I?")
+
+
+# --- errors a user can run into ------------------------------------------------------
+
+
+def test_empty_text_is_refused(chat: Chat) -> None:
+    with pytest.raises(ValueError, match="empty message"):
+        chat.send("   ")
+
+
+def test_unknown_model_ends_the_reply_with_a_clear_error(chat: Chat) -> None:
+    chat.model = "gpt-nope"
+    reply = chat.send("hi").wait(TIMEOUT)
+    assert reply.status == "error"
+    assert reply.finish == "error"
+    assert reply.error == "unknown model 'gpt-nope'; available: demo"
+    assert reply.error_code == "unknown_model"
+    chat.model = "demo"
+    assert chat.send("hi").wait(TIMEOUT).finish == "stop"  # the chat carries on
+
+
+def test_unreachable_gateway_errors_instead_of_hanging() -> None:
+    with Chat(url="ws://127.0.0.1:9/v1/chat") as chat:  # port 9: nothing listens
+        reply = chat.send("anyone there?").wait(TIMEOUT)
+        assert reply.status == "error"
+        assert reply.error is not None
+        assert reply.error.startswith("cannot reach the gateway at ws://127.0.0.1:9/v1/chat")
+        assert chat.status == "offline"
+        assert "cannot reach" in chat.error
+
+
+def test_wrong_token_is_refused_clearly(embedded: EmbeddedGateway) -> None:
+    with Chat(url=embedded.url, token="wrong") as chat:
+        reply = chat.send("let me in").wait(TIMEOUT)
+        assert reply.error == (f"the gateway at {embedded.url} refused: wrong or missing token")
+
+
+def test_send_after_close_is_refused(embedded: EmbeddedGateway) -> None:
+    chat = Chat(url=embedded.url, token=embedded.token)
+    chat.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        chat.send("hi")
+
+
+def test_embedded_gateway_is_the_default() -> None:
+    with Chat(tokens_per_s=0) as chat:
+        reply = chat.send("hello").wait(TIMEOUT)
+        assert reply.text == expected("hello")
+        assert chat.models == ["demo"]
+        assert chat.model == "demo"
+        assert chat.url.startswith("ws://127.0.0.1:")
+
+
+# --- nbchat serve --------------------------------------------------------------------
+
+
+@pytest.fixture
+def served() -> Iterator[str]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "nbchat", "serve", "--port", "0", "--token", "s3cret"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.append(process.stdout.readline()))  # type: ignore[union-attr]
+    reader.start()
+    reader.join(TIMEOUT)
+    match = re.search(r"ws://\S+", lines[0] if lines else "")
+    assert match, f"nbchat serve printed no URL: {lines}"
+    yield match.group(0)
+    process.terminate()
+    assert process.wait(TIMEOUT) == 0, process.stderr.read()  # type: ignore[union-attr]
+
+
+def test_nbchat_serve_works_like_the_embedded_gateway(served: str) -> None:
+    with Chat(url=served, token="s3cret", tokens_per_s=200) as chat:
+        reply = chat.send("over a real process")
+        assert len(list(reply)) > 20
+        assert reply.text == expected("over a real process")
+        second = chat.send("again", tokens_per_s=30)
+        wait_until(lambda: len(second.chunks) >= 3, "a few chunks")
+        second.stop().wait(TIMEOUT)
+        assert second.finish == "stopped"

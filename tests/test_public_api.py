@@ -1,0 +1,38 @@
+"""Every public module declares __all__, and it lists exactly its public names."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+
+import pytest
+
+import nbchat
+
+MODULES = sorted(
+    m.name
+    for m in pkgutil.walk_packages(nbchat.__path__, "nbchat.")
+    if not m.name.rsplit(".", 1)[-1].startswith("_")
+)
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_all_is_complete(name: str) -> None:
+    module = importlib.import_module(name)
+    assert hasattr(module, "__all__"), f"{name} has no __all__"
+    defined = {
+        attr
+        for attr, value in vars(module).items()
+        if not attr.startswith("_")
+        and (inspect.isclass(value) or inspect.isfunction(value))
+        and getattr(value, "__module__", None) == name
+    }
+    missing = defined - set(module.__all__)
+    assert not missing, f"{name}.__all__ lacks {sorted(missing)}"
+    for public in module.__all__:
+        assert hasattr(module, public), f"{name}.__all__ names missing {public}"
+
+
+def test_top_level_api() -> None:
+    assert set(nbchat.__all__) >= {"Chat", "Reply", "__version__"}

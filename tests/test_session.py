@@ -1,0 +1,226 @@
+"""session.py: seq numbering, pause holding, replay and duplicate-free assembly."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nbchat.protocol import Delta, Done, Error, Paused, Resumed, ServerFrame, Started
+from nbchat.session import (
+    TRANSITIONS,
+    ClientSession,
+    GatewaySession,
+    LogLimits,
+    ReplyState,
+    SessionError,
+)
+
+
+def seqs(events: list[ServerFrame]) -> list[int]:
+    return [e.seq for e in events]  # type: ignore[union-attr]
+
+
+def test_seq_grows_by_one_across_replies() -> None:
+    s = GatewaySession("s")
+    events = s.start("a", "demo") + s.delta("a", "x") + s.start("b", "demo")
+    events += s.delta("b", "y") + s.finish("a", "stop") + s.finish("b", "length")
+    assert seqs(events) == [1, 2, 3, 4, 5, 6]
+    assert s.last_seq == 6
+
+
+def test_pause_holds_text_and_resume_releases_it_once() -> None:
+    s = GatewaySession("s")
+    s.start("a", "demo")
+    s.delta("a", "one ")
+    assert s.pause("a") == [Paused(seq=3, reply="a")]
+    assert s.delta("a", "two ") == []
+    assert s.delta("a", "three") == []
+    assert s.resume("a") == [Resumed(seq=4, reply="a"), Delta(seq=5, reply="a", text="two three")]
+    assert s.resume("a") == []  # a second resume has nothing to release
+
+
+def test_natural_end_while_paused_waits_for_resume() -> None:
+    s = GatewaySession("s")
+    s.start("a", "demo")
+    s.pause("a")
+    s.delta("a", "held")
+    assert s.finish("a", "stop", usage={"completion_tokens": 1}) == []
+    assert s.replies["a"].state is ReplyState.PAUSED
+    events = s.resume("a")
+    assert [e.type for e in events] == ["resumed", "delta", "done"]
+    assert events[-1] == Done(seq=5, reply="a", finish="stop", usage={"completion_tokens": 1})
+
+
+def test_stop_while_paused_releases_held_text_then_ends() -> None:
+    s = GatewaySession("s")
+    s.start("a", "demo")
+    s.pause("a")
+    s.delta("a", "partial")
+    events = s.finish("a", "stopped")
+    assert events == [
+        Delta(seq=3, reply="a", text="partial"),
+        Done(seq=4, reply="a", finish="stopped"),
+    ]
+    assert s.replies["a"].state is ReplyState.STOPPED
+
+
+def test_first_end_wins_and_nothing_follows_it() -> None:
+    s = GatewaySession("s")
+    s.start("a", "demo")
+    s.finish("a", "stop")
+    assert s.finish("a", "stopped") == []
+    with pytest.raises(SessionError, match="already finished"):
+        s.delta("a", "late")
+    with pytest.raises(SessionError, match="cannot go from done to paused"):
+        s.pause("a")
+
+
+def test_error_end_carries_a_sequenced_error_frame() -> None:
+    s = GatewaySession("s")
+    s.start("a", "nope")
+    events = s.finish("a", "error", error=Error(code="unknown_model", message="no such model"))
+    assert events == [
+        Error(code="unknown_model", message="no such model", reply="a", seq=2),
+        Done(seq=3, reply="a", finish="error"),
+    ]
+
+
+def test_unknown_and_reused_reply_ids_are_refused() -> None:
+    s = GatewaySession("s")
+    with pytest.raises(SessionError, match="unknown reply 'zz'"):
+        s.pause("zz")
+    s.start("a", "demo")
+    with pytest.raises(SessionError, match="already used"):
+        s.start("a", "demo")
+
+
+def test_final_states_have_no_successors() -> None:
+    for state, successors in TRANSITIONS.items():
+        assert (not successors) == state.finished
+
+
+def test_replay_returns_exactly_the_events_after_a_seq() -> None:
+    s = GatewaySession("s")
+    s.start("a", "demo")
+    for word in ["a", "b", "c"]:
+        s.delta("a", word)
+    replay = s.replay(2)
+    assert not replay.gap
+    assert seqs(replay.events) == [3, 4]
+    assert s.replay(4).events == []
+    with pytest.raises(SessionError, match="ahead of this session"):
+        s.replay(5)
+
+
+def test_replay_reports_a_gap_with_full_text_when_the_log_is_trimmed() -> None:
+    s = GatewaySession("s", limits=LogLimits(max_events=3))
+    s.start("a", "demo")
+    for word in ["w1 ", "w2 ", "w3 ", "w4"]:
+        s.delta("a", word)
+    replay = s.replay(1)
+    assert replay.gap
+    assert seqs(replay.events) == [3, 4, 5]
+    assert replay.unfinished == {"a": "w1 w2 w3 w4"}
+
+
+def test_log_is_bounded_by_bytes_too() -> None:
+    s = GatewaySession("s", limits=LogLimits(max_bytes=1000))
+    s.start("a", "demo")
+    for _ in range(50):
+        s.delta("a", "x" * 100)
+    assert s.replay(s.last_seq - 5).gap is False
+    assert s.replay(0).gap is True
+
+
+def test_client_applies_each_seq_once() -> None:
+    c = ClientSession()
+    c.open("a")
+    frames: list[ServerFrame] = [
+        Started(seq=1, reply="a", model="demo"),
+        Delta(seq=2, reply="a", text="hi "),
+        Delta(seq=3, reply="a", text="there"),
+    ]
+    assert [c.receive(f) for f in frames] == [True, True, True]
+    assert [c.receive(f) for f in frames[1:]] == [False, False]
+    assert c.duplicates == 2
+    assert c.replies["a"].text == "hi there"
+    assert c.receive(Done(seq=4, reply="a", finish="stop"))
+    assert c.replies["a"].state is ReplyState.DONE
+
+
+def test_client_ignores_unsequenced_errors_about_a_reply() -> None:
+    c = ClientSession()
+    c.open("a")
+    c.receive(Error(code="bad_request", message="cannot pause", reply="a"))
+    assert c.replies["a"].error is None
+    c.receive(Error(code="upstream_error", message="boom", reply="a", seq=1))
+    assert c.replies["a"].error == "boom"
+
+
+# --- property: any interleaving yields each reply's text exactly once, in order ------
+
+REPLIES = ["a", "b", "c"]
+operation = st.one_of(
+    st.tuples(st.just("delta"), st.sampled_from(REPLIES), st.text(min_size=1, max_size=4)),
+    st.tuples(st.just("pause"), st.sampled_from(REPLIES)),
+    st.tuples(st.just("resume"), st.sampled_from(REPLIES)),
+    st.tuples(
+        st.just("finish"),
+        st.sampled_from(REPLIES),
+        st.sampled_from(["stop", "length", "stopped", "error"]),
+    ),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(ops=st.lists(operation, max_size=60), data=st.data())
+def test_any_interleaving_assembles_each_reply_exactly_once(
+    ops: list[tuple[str, ...]], data: st.DataObject
+) -> None:
+    gateway = GatewaySession("s")
+    stream: list[ServerFrame] = []
+    generated = {r: "" for r in REPLIES}
+    for r in REPLIES:
+        stream += gateway.start(r, "demo")
+    for op in ops:
+        kind, reply = op[0], op[1]
+        try:
+            if kind == "delta":
+                stream += gateway.delta(reply, op[2])
+                generated[reply] += op[2]
+            elif kind == "pause":
+                stream += gateway.pause(reply)
+            elif kind == "resume":
+                stream += gateway.resume(reply)
+            else:
+                stream += gateway.finish(reply, op[2])  # type: ignore[arg-type]
+        except SessionError:
+            pass  # an operation the state does not allow changes nothing
+    for r in REPLIES:  # let every reply end, releasing whatever is held
+        stream += gateway.resume(r) if gateway.replies[r].state is ReplyState.PAUSED else []
+        stream += gateway.finish(r, "stop")
+
+    client = ClientSession()
+    for r in REPLIES:
+        client.open(r)
+    delivered = 0
+    while delivered < len(stream):
+        action = data.draw(st.sampled_from(["next", "next", "duplicate", "replay"]))
+        if action == "next":
+            client.receive(stream[delivered])
+            delivered += 1
+        elif action == "duplicate" and delivered:
+            client.receive(stream[data.draw(st.integers(0, delivered - 1))])
+        elif action == "replay":
+            # A resuming client asks from any seq it has already seen.
+            after = data.draw(st.integers(0, client.last_seq))
+            for event in gateway.replay(after).events:
+                client.receive(event)
+            delivered = max(delivered, client.last_seq)
+
+    assert client.last_seq == gateway.last_seq
+    for r in REPLIES:
+        assert client.replies[r].text == generated[r]
+        assert client.replies[r].state.finished
+        assert gateway.replies[r].held == []
