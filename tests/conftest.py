@@ -10,9 +10,6 @@ import pytest
 from nbchat import Chat
 from nbchat.gateway import EmbeddedGateway, Gateway
 
-# Every wait in the tests derives from this, so a slow machine scales one number.
-TIMEOUT = 10.0 * float(os.environ.get("NBCHAT_TEST_TIME_SCALE", "1"))
-
 
 @pytest.fixture
 def embedded() -> Iterator[EmbeddedGateway]:
@@ -50,3 +47,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if REQUIRE_ALL and report.skipped and not hasattr(report, "wasxfail"):
         report.outcome = "failed"
         report.longrepr = f"skipped, but NBCHAT_REQUIRE_ALL=1 forbids skips: {report.longrepr}"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Browser tests last: they are the slowest, and Playwright's sync API keeps an event
+    # loop running on the main thread while its fixtures live, which asyncio tests
+    # collected after them could not share.
+    items.sort(key=lambda item: item.get_closest_marker("browser") is not None)

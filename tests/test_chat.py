@@ -13,12 +13,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from conftest import TIMEOUT
 from nbchat import Chat, Reply
 from nbchat.gateway import EmbeddedGateway
 from nbchat.gateway.providers.base import Request
 from nbchat.gateway.providers.demo import demo_reply
 from nbchat.protocol import ChatMessage
+from timeouts import TIMEOUT
 
 
 def expected(*history: str) -> str:

@@ -13,8 +13,8 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
-from conftest import TIMEOUT
 from nbchat.gateway import Gateway
+from timeouts import TIMEOUT
 
 
 async def recv(ws: ClientConnection) -> dict[str, Any]:

@@ -7,6 +7,9 @@ lives in :class:`~nbchat.conversation.Conversation`, which calls back into
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,12 +18,15 @@ import traitlets
 
 from .conversation import ConnectionStatus, Conversation, ConversationListener
 from .gateway.embedded import shared_gateway
+from .pane import StreamBatcher, parse_command
 from .reply import Reply
 
 if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["Chat"]
+
+log = logging.getLogger("nbchat.widget")
 
 _STATIC = Path(__file__).parent / "static"
 _MISSING_BUNDLE = """
@@ -51,6 +57,9 @@ class Chat(anywidget.AnyWidget):
     _esm = _asset("widget.js", _MISSING_BUNDLE)
     _css = _asset("widget.css", "")
 
+    # Identifies this chat to the pane, which keys its shared stream text on it
+    # (anywidget hands initialize and render different model proxies).
+    chat_id = traitlets.Unicode(read_only=True).tag(sync=True)
     # The transcript: one dict per message; rewritten at turn boundaries only.
     messages = traitlets.List(traitlets.Dict()).tag(sync=True)
     # The link to the gateway: connecting, connected, offline or closed; and why.
@@ -59,6 +68,9 @@ class Chat(anywidget.AnyWidget):
     # Models the gateway offers, and the one used for the next message.
     models = traitlets.List(traitlets.Unicode()).tag(sync=True)
     model = traitlets.Unicode("").tag(sync=True)
+    # The reply in flight: {"reply", "status", "model"}, or {} when none. Its text
+    # travels as custom "chunk"/"snapshot" messages (see nbchat.pane), never as a trait.
+    active = traitlets.Dict().tag(sync=True)
 
     def __init__(
         self,
@@ -75,20 +87,52 @@ class Chat(anywidget.AnyWidget):
         self.url = url
         if model:
             self.model = model
+        self._bridge = _TraitBridge(self)
         self._conversation = Conversation(
             url,
             token=token,
             model=model,
             system=system,
             params=params,
-            listener=_TraitBridge(self),
+            listener=self._bridge,
         )
+        self.on_msg(self._on_pane_message)
+        _keep_pane_messages_on_their_subshell(self.comm)
+
+    @traitlets.default("chat_id")
+    def _new_chat_id(self) -> str:
+        # A default, so it is in the state the comm opens with.
+        return uuid.uuid4().hex
 
     @traitlets.observe("model")
     def _model_changed(self, change: dict[str, Any]) -> None:
         conversation = getattr(self, "_conversation", None)
         if conversation is not None and change["new"]:
             conversation.model = change["new"]
+
+    def _on_pane_message(self, _widget: object, content: Any, _buffers: object) -> None:
+        # With JupyterLab >= 4.4 and ipykernel >= 7 this runs on a kernel subshell, so a
+        # click on Stop lands even while a cell blocks in reply.wait().
+        try:
+            command = parse_command(content)
+            if command.type == "send":
+                self.send(command.text)
+            elif command.type == "stop":
+                self.stop()
+            elif command.type == "pause":
+                self.pause()
+            elif command.type == "resume":
+                self.resume()
+            elif command.type == "clear":
+                self.clear()
+            elif command.type == "sync":
+                self._bridge.send_snapshot()
+        except (ValueError, RuntimeError) as exc:
+            self.error = str(exc)
+
+    def _push(self, message: dict[str, Any]) -> None:
+        """Send a custom message to the pane (``send`` is the chat API here)."""
+        anywidget.AnyWidget.send(self, message)
 
     # --- the API ------------------------------------------------------------------
 
@@ -148,11 +192,29 @@ class Chat(anywidget.AnyWidget):
         self.close()
 
 
+def _keep_pane_messages_on_their_subshell(comm: object) -> None:
+    """Let pane commands run on the kernel subshell the front end sent them to.
+
+    JupyterLab >= 4.4 sends comm messages to a subshell when the kernel has them
+    (ipykernel >= 7), so Stop works while the main thread blocks in ``reply.wait()``.
+    But ipykernel 7.4 re-routes a comm's incoming messages to the subshell of the
+    comm's last outgoing message; ours go out from the client thread, parented to the
+    running cell on the main shell, which would queue a Stop behind the very cell it
+    should end. Returning the message's own subshell keeps it where the front end put it.
+    """
+    if hasattr(comm, "_reply_subshell_for"):
+        comm._reply_subshell_for = lambda _data, subshell_id: subshell_id
+
+
 class _TraitBridge(ConversationListener):
-    """Mirrors conversation state into the widget's synced traits."""
+    """Mirrors conversation state into the widget: traits for durable state, batched
+    custom messages for the in-flight reply's text. Runs on the client loop thread,
+    except :meth:`send_snapshot`, which the pane's ``sync`` calls from the kernel."""
 
     def __init__(self, chat: Chat) -> None:
         self.chat = chat
+        self.batcher = StreamBatcher()
+        self._flush_scheduled = False
 
     def on_status(self, status: ConnectionStatus, error: str | None) -> None:
         self.chat.status = status
@@ -166,6 +228,40 @@ class _TraitBridge(ConversationListener):
     def on_transcript(self) -> None:
         self.chat.messages = self.chat._conversation.records()
 
+    def on_reply_start(self, reply: Reply) -> None:
+        self.batcher.begin(reply.id)
+        self._set_active(reply)
+
+    def on_chunk(self, reply: Reply, text: str) -> None:
+        if self.chat.active.get("status") == "pending":
+            self._set_active(reply)  # the first text: pending becomes streaming
+        self.batcher.add(text)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop = asyncio.get_running_loop()
+            loop.call_at(self.batcher.due(loop.time()), self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        message = self.batcher.take(asyncio.get_running_loop().time())
+        if message is not None:
+            self.chat._push(message)
+
     def on_reply_status(self, reply: Reply) -> None:
         if reply.finished:
+            if reply.id == self.batcher.reply:
+                self._flush()  # the last text goes before the turn is rewritten
+                self.batcher.end()
             self.on_transcript()
+            if self.chat.active.get("reply") == reply.id:
+                self.chat.active = {}
+        else:
+            self._set_active(reply)
+
+    def _set_active(self, reply: Reply) -> None:
+        self.chat.active = {"reply": reply.id, "status": reply.status, "model": reply.model}
+
+    def send_snapshot(self) -> None:
+        message = self.batcher.snapshot()
+        if message is not None:
+            self.chat._push(message)

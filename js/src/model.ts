@@ -1,0 +1,64 @@
+// The widget's synced traits (mirrors nbchat.widget.Chat) and the messages the kernel
+// and the pane exchange (mirrors nbchat.pane).
+
+export type Role = "system" | "user" | "assistant";
+export type Finish = "stop" | "length" | "stopped" | "error";
+export type ReplyStatus = "pending" | "streaming" | "paused" | "done" | "stopped" | "error";
+export type LinkStatus = "connecting" | "connected" | "offline" | "closed";
+
+export interface MessageRecord {
+  turn: number;
+  role: Role;
+  content: string;
+  model: string | null;
+  finish: Finish | null;
+  error: string | null;
+  reply_id: string | null;
+  first_token_s: number | null;
+  duration_s: number | null;
+  tokens_per_s: number | null;
+}
+
+export interface ActiveReply {
+  reply?: string;
+  status?: ReplyStatus;
+  model?: string | null;
+}
+
+/** The synced traits of nbchat.Chat. */
+export interface ChatModel {
+  chat_id: string;
+  messages: MessageRecord[];
+  status: LinkStatus;
+  error: string;
+  models: string[];
+  model: string;
+  active: ActiveReply;
+}
+
+/** kernel -> pane */
+export interface ChunkMessage {
+  type: "chunk";
+  reply: string;
+  offset: number;
+  text: string;
+}
+export interface SnapshotMessage {
+  type: "snapshot";
+  reply: string;
+  text: string;
+}
+export type KernelMessage = ChunkMessage | SnapshotMessage;
+
+/** pane -> kernel */
+export type PaneCommand =
+  | { type: "send"; text: string }
+  | { type: "stop" | "pause" | "resume" | "clear" | "sync" | "reconnect" };
+
+export function isKernelMessage(value: unknown): value is KernelMessage {
+  if (typeof value !== "object" || value === null) return false;
+  const m = value as Record<string, unknown>;
+  if (typeof m.reply !== "string" || typeof m.text !== "string") return false;
+  if (m.type === "snapshot") return true;
+  return m.type === "chunk" && typeof m.offset === "number" && m.offset >= 0;
+}

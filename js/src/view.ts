@@ -1,0 +1,270 @@
+// One view of the chat: header (link status, model picker, Clear), the conversation,
+// and the composer (input, Send, Pause/Resume, Stop). Durable state comes from the
+// model's traits; the in-flight reply's text from the shared StreamText.
+
+import type { AnyModel } from "@anywidget/types";
+
+import { renderMarkdown } from "./markdown";
+import type { ChatModel, MessageRecord, PaneCommand, ReplyStatus } from "./model";
+import { AutoScroll } from "./scroll";
+import type { LiveStream } from "./stream";
+
+const STATUS_LABELS: Record<string, string> = {
+  connecting: "connecting…",
+  connected: "connected",
+  offline: "offline",
+  closed: "closed",
+};
+
+function element<K extends keyof HTMLElementTagNameMap>(
+  tag: K,
+  className: string,
+  attributes: Record<string, string> = {},
+): HTMLElementTagNameMap[K] {
+  const node = document.createElement(tag);
+  node.className = className;
+  for (const [name, value] of Object.entries(attributes)) node.setAttribute(name, value);
+  return node;
+}
+
+function button(className: string, label: string, title: string): HTMLButtonElement {
+  const node = element("button", `nbchat-button ${className}`, { type: "button", title });
+  node.textContent = label;
+  return node;
+}
+
+/** The state a message shows: the live status if it is the reply in flight. */
+export function messageStatus(message: MessageRecord, active: ChatModel["active"]): ReplyStatus | "" {
+  if (message.role !== "assistant") return "";
+  if (message.reply_id !== null && message.reply_id === active.reply) {
+    return active.status ?? "streaming";
+  }
+  switch (message.finish) {
+    case "stopped":
+      return "stopped";
+    case "error":
+      return "error";
+    case null:
+      return "pending";
+    default:
+      return "done";
+  }
+}
+
+function metaLine(message: MessageRecord, status: ReplyStatus | ""): string {
+  const parts: string[] = [];
+  if (status === "stopped") parts.push("stopped");
+  if (status === "paused") parts.push("paused");
+  if (message.finish === "length") parts.push("cut at max tokens");
+  if (message.duration_s !== null && status !== "streaming" && status !== "paused") {
+    parts.push(`${message.duration_s.toFixed(1)} s`);
+    if (message.tokens_per_s !== null) parts.push(`${message.tokens_per_s.toFixed(0)} tok/s`);
+  }
+  return parts.join(" · ");
+}
+
+function addCopyButtons(body: HTMLElement): void {
+  for (const pre of Array.from(body.querySelectorAll("pre"))) {
+    const copy = button("nbchat-copy", "Copy", "Copy this code");
+    copy.addEventListener("click", () => {
+      const code = pre.querySelector("code")?.textContent ?? "";
+      void navigator.clipboard?.writeText(code).then(
+        () => (copy.textContent = "Copied"),
+        () => (copy.textContent = "Copy failed"),
+      );
+      setTimeout(() => (copy.textContent = "Copy"), 1500);
+    });
+    pre.appendChild(copy);
+  }
+}
+
+export function renderChat(model: AnyModel<ChatModel>, el: HTMLElement, stream: LiveStream): () => void {
+  const command = (message: PaneCommand) => model.send(message);
+
+  const root = element("div", "nbchat");
+  const header = element("div", "nbchat-header");
+  const status = element("span", "nbchat-status", { role: "status" });
+  const picker = element("select", "nbchat-model", { "aria-label": "Model" });
+  const clear = button("nbchat-clear", "Clear", "Stop and start a new conversation");
+  header.append(status, picker, clear);
+
+  const errorBox = element("div", "nbchat-error", { role: "alert" });
+  const log = element("div", "nbchat-log", { role: "log", tabindex: "0", "aria-label": "Conversation" });
+  const jump = button("nbchat-jump", "Jump to latest ↓", "Scroll to the newest text");
+
+  const composer = element("div", "nbchat-composer");
+  const input = element("textarea", "nbchat-input", {
+    rows: "2",
+    "aria-label": "Message",
+    placeholder: "Message (Enter to send, Shift+Enter for a new line)",
+  });
+  const send = button("nbchat-send", "Send", "Send (Enter)");
+  const pause = button("nbchat-pause", "Pause", "Hold the reply; nothing is lost");
+  const stop = button("nbchat-stop", "Stop", "Stop the reply and keep what arrived");
+  composer.append(input, send, pause, stop);
+  root.append(header, errorBox, log, jump, composer);
+  el.appendChild(root);
+
+  const scroll = new AutoScroll();
+  let liveBody: HTMLElement | null = null;
+  let liveReply: string | null = null;
+  let liveRendered = "";
+
+  const followIfNeeded = () => {
+    if (scroll.following) log.scrollTop = log.scrollHeight;
+    jump.hidden = !scroll.showJump(log);
+  };
+
+  const renderLive = () => {
+    if (liveBody === null) return;
+    const messages = model.get("messages");
+    const record = messages.find((m) => m.reply_id === liveReply);
+    const text = stream.text.textFor(liveReply, record?.content ?? "");
+    if (text === liveRendered) return;
+    liveRendered = text;
+    liveBody.innerHTML = renderMarkdown(text);
+    addCopyButtons(liveBody);
+    followIfNeeded();
+  };
+
+  const renderMessages = () => {
+    const active = model.get("active");
+    log.replaceChildren();
+    liveBody = null;
+    liveReply = null;
+    liveRendered = "";
+    for (const message of model.get("messages")) {
+      const state = messageStatus(message, active);
+      const item = element("div", `nbchat-msg nbchat-${message.role}`, {
+        "data-role": message.role,
+        "data-status": state,
+      });
+      if (message.reply_id) item.dataset.reply = message.reply_id;
+      const role = element("div", "nbchat-role");
+      role.textContent = message.role === "user" ? "You" : (message.model ?? "assistant");
+      const body = element("div", "nbchat-body");
+      if (message.role === "assistant") {
+        body.classList.add("nbchat-markdown");
+        const live = state === "streaming" || state === "paused" || state === "pending";
+        if (live) {
+          body.setAttribute("aria-live", "polite");
+          body.setAttribute("aria-busy", "true");
+          liveBody = body;
+          liveReply = message.reply_id;
+        } else {
+          body.innerHTML = renderMarkdown(message.content);
+          addCopyButtons(body);
+        }
+      } else {
+        body.textContent = message.content;
+      }
+      item.append(role, body);
+      if (message.error) {
+        const error = element("div", "nbchat-msg-error", { role: "alert" });
+        error.textContent = message.error;
+        item.appendChild(error);
+      }
+      const meta = metaLine(message, state);
+      if (meta) {
+        const line = element("div", "nbchat-meta");
+        line.textContent = meta;
+        item.appendChild(line);
+      }
+      log.appendChild(item);
+    }
+    renderLive();
+    followIfNeeded();
+  };
+
+  const renderControls = () => {
+    const active = model.get("active");
+    const running = Boolean(active.reply);
+    stop.disabled = !running;
+    pause.disabled = !running;
+    const paused = active.status === "paused";
+    pause.textContent = paused ? "Resume" : "Pause";
+    pause.title = paused ? "Deliver what was held, then go on" : "Hold the reply; nothing is lost";
+    pause.setAttribute("aria-pressed", String(paused));
+  };
+
+  const renderStatus = () => {
+    const link = model.get("status");
+    status.dataset.status = link;
+    status.textContent = STATUS_LABELS[link] ?? link;
+    const error = model.get("error");
+    errorBox.textContent = error;
+    errorBox.hidden = !error;
+  };
+
+  const renderModels = () => {
+    const current = model.get("model");
+    picker.replaceChildren(
+      ...model.get("models").map((name) => {
+        const option = element("option", "", { value: name });
+        option.textContent = name;
+        option.selected = name === current;
+        return option;
+      }),
+    );
+    picker.disabled = model.get("models").length === 0;
+  };
+
+  const submit = () => {
+    const text = input.value;
+    if (!text.trim()) return;
+    command({ type: "send", text });
+    input.value = "";
+    scroll.jump();
+  };
+
+  input.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      submit();
+    }
+  });
+  send.addEventListener("click", submit);
+  stop.addEventListener("click", () => command({ type: "stop" }));
+  pause.addEventListener("click", () =>
+    command({ type: model.get("active").status === "paused" ? "resume" : "pause" }),
+  );
+  clear.addEventListener("click", () => command({ type: "clear" }));
+  picker.addEventListener("change", () => {
+    model.set("model", picker.value);
+    model.save_changes();
+  });
+  log.addEventListener("scroll", () => {
+    scroll.onScroll(log);
+    jump.hidden = !scroll.showJump(log);
+  });
+  jump.addEventListener("click", () => {
+    scroll.jump();
+    followIfNeeded();
+  });
+
+  const onActive = () => {
+    renderMessages();
+    renderControls();
+  };
+  const handlers: Array<[string, () => void]> = [
+    ["change:messages", renderMessages],
+    ["change:active", onActive],
+    ["change:status", renderStatus],
+    ["change:error", renderStatus],
+    ["change:models", renderModels],
+    ["change:model", renderModels],
+  ];
+  for (const [event, handler] of handlers) model.on(event, handler);
+  const unsubscribe = stream.subscribe(renderLive);
+
+  renderStatus();
+  renderModels();
+  renderMessages();
+  renderControls();
+
+  return () => {
+    for (const [event, handler] of handlers) model.off(event, handler);
+    unsubscribe();
+    root.remove();
+  };
+}

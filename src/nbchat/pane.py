@@ -1,0 +1,113 @@
+"""What the kernel and the chat pane say to each other over the widget comm, and the
+batching that keeps that traffic bounded. Pure: no I/O, no clocks but those passed in.
+
+The pane sends commands (:data:`COMMANDS`). The kernel sends the in-flight reply's text
+as ``chunk`` messages carrying only new text and the offset it starts at, at most one
+per :attr:`StreamBatcher.interval_s` whatever the token rate (Jupyter drops comm
+messages past about 1,000/s, so one per token would lose text), and ``snapshot``
+messages with the whole text so far when a view asks (a view that rendered mid-stream,
+or one that saw a gap). Offsets make both idempotent: a view applies what extends its
+text and ignores what it already has. ``js/src/stream.ts`` is the other half.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any, Final
+
+__all__ = ["COMMANDS", "Command", "StreamBatcher", "parse_command"]
+
+# Commands a pane may send, and whether each carries text.
+COMMANDS: Final[dict[str, bool]] = {
+    "send": True,
+    "stop": False,
+    "pause": False,
+    "resume": False,
+    "clear": False,
+    "sync": False,
+    "reconnect": False,
+}
+
+
+@dataclass(frozen=True)
+class Command:
+    type: str
+    text: str = ""
+
+
+def parse_command(content: Any) -> Command:
+    """Validate a message from the pane; raise ``ValueError`` saying what is wrong."""
+    if not isinstance(content, dict):
+        raise ValueError("a pane message must be an object")
+    kind = content.get("type")
+    if kind not in COMMANDS:
+        raise ValueError(f"unknown pane message type {kind!r}")
+    if COMMANDS[kind]:
+        text = content.get("text")
+        if not isinstance(text, str):
+            raise ValueError(f"pane message {kind!r} needs a string 'text'")
+        return Command(kind, text)
+    return Command(kind)
+
+
+class StreamBatcher:
+    """Collects a reply's text as it arrives and hands it out in batches.
+
+    ``add`` is called per chunk; ``take`` returns the ``chunk`` message to send (or None)
+    and is called at most once per ``interval_s`` by the I/O layer (see :meth:`due`).
+    ``snapshot`` may be called from another thread at any time. A lock keeps the
+    batches and snapshots consistent with each other.
+    """
+
+    def __init__(self, interval_s: float = 0.05) -> None:
+        self.interval_s = interval_s
+        self._lock = threading.Lock()
+        self.reply: str | None = None
+        self._text: list[str] = []  # everything received for the current reply
+        self._length = 0
+        self._sent = 0  # characters already handed out in batches
+        self._last_take = float("-inf")
+
+    def begin(self, reply: str) -> None:
+        with self._lock:
+            self.reply, self._text, self._length, self._sent = reply, [], 0, 0
+
+    def add(self, text: str) -> None:
+        with self._lock:
+            self._text.append(text)
+            self._length += len(text)
+
+    def due(self, now: float) -> float:
+        """When the next batch may go out: ``now`` or later."""
+        return max(now, self._last_take + self.interval_s)
+
+    def take(self, now: float) -> dict[str, Any] | None:
+        """The next ``chunk`` message (text not yet sent), or None if there is none."""
+        with self._lock:
+            if self.reply is None or self._sent == self._length:
+                return None
+            text = "".join(self._text)
+            self._text = [text]
+            message = {
+                "type": "chunk",
+                "reply": self.reply,
+                "offset": self._sent,
+                "text": text[self._sent :],
+            }
+            self._sent = self._length
+            self._last_take = now
+            return message
+
+    def snapshot(self) -> dict[str, Any] | None:
+        """The ``snapshot`` message for a view that needs the whole text: everything
+        handed out so far (later batches continue from its end)."""
+        with self._lock:
+            if self.reply is None:
+                return None
+            text = "".join(self._text)[: self._sent]
+            return {"type": "snapshot", "reply": self.reply, "text": text}
+
+    def end(self) -> None:
+        with self._lock:
+            self.reply, self._text, self._length, self._sent = None, [], 0, 0

@@ -1,0 +1,234 @@
+"""The chat pane on the real page: JupyterLab (and Notebook 7) in headless Chromium,
+with the kernel on the embedded demo gateway."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from conftest import ARTIFACTS, LabServer, Notebook
+from timeouts import TIMEOUT
+
+pytestmark = pytest.mark.browser
+MS = int(TIMEOUT * 1000)
+
+Opener = Callable[..., Notebook]
+
+
+def pane(nb: Notebook, index: int = 0) -> Any:
+    return nb.page.locator(".nbchat").nth(index)
+
+
+def last_reply(nb: Notebook, index: int = 0) -> Any:
+    return pane(nb, index).locator('.nbchat-msg[data-role="assistant"]').last
+
+
+def reply_length(nb: Notebook, index: int = 0) -> int:
+    return len(last_reply(nb, index).locator(".nbchat-body").inner_text())
+
+
+def wait_status(nb: Notebook, status: str, index: int = 0) -> None:
+    last_reply(nb, index).and_(nb.page.locator(f'[data-status="{status}"]')).wait_for(
+        state="attached", timeout=3 * MS
+    )
+
+
+def wait_length_above(nb: Notebook, length: int, index: int = 0) -> int:
+    deadline = time.monotonic() + 3 * TIMEOUT
+    while (now := reply_length(nb, index)) <= length:
+        assert time.monotonic() < deadline, f"the reply stayed at {now} characters"
+        time.sleep(0.05)
+    return now
+
+
+def wait_user_message(nb: Notebook, text: str) -> None:
+    pane(nb).locator('.nbchat-msg[data-role="user"]', has_text=text).first.wait_for(
+        state="attached", timeout=3 * MS
+    )
+
+
+def test_quickstart_runs_and_a_typed_message_streams(open_notebook: Opener) -> None:
+    nb = open_notebook("quickstart.ipynb")
+    nb.run_all()
+    last = nb.cells().count() - 1
+    nb.wait_cell_done(last)
+    assert nb.page.locator('[data-mime-type="application/vnd.jupyter.stderr"]').count() == 0
+    assert "first_token_s" in nb.output(last)  # the DataFrame rendered
+
+    box = pane(nb).locator(".nbchat-input")
+    box.fill("Hello from the browser")
+    box.press("Enter")
+    wait_user_message(nb, "Hello from the browser")
+    wait_status(nb, "streaming")
+    lengths = [wait_length_above(nb, 0)]
+    for _ in range(2):  # seen at three increasing lengths while it streams
+        lengths.append(wait_length_above(nb, lengths[-1]))
+    assert lengths == sorted(lengths)
+    assert len(set(lengths)) == 3
+    wait_status(nb, "done")
+    text = last_reply(nb).inner_text()
+    assert "You wrote: \u201cHello from the browser\u201d" in text
+    assert "it began with" in text  # the closing sentence: the reply arrived complete
+    assert box.input_value() == ""
+
+
+def test_stop_button_stops_a_reply_sent_from_a_cell(open_notebook: Opener, lab: LabServer) -> None:
+    nb = open_notebook(
+        lab.notebook(
+            "stop.ipynb",
+            "from nbchat import Chat\nchat = Chat(tokens_per_s=20)\nchat",
+            'reply = chat.send("Please stop me " * 30)',
+            'print("finish:", reply.finish, "status:", reply.status)',
+        )
+    )
+    nb.run_cell(0)
+    nb.run_cell(1)
+    wait_user_message(nb, "Please stop me")  # chat.send() from a cell shows in the pane
+    wait_length_above(nb, 60)
+    pane(nb).locator(".nbchat-stop").click()
+    wait_status(nb, "stopped")
+    stopped_at = reply_length(nb)
+    time.sleep(0.5)
+    assert reply_length(nb) == stopped_at, "the reply grew after Stop"
+    assert "stopped" in last_reply(nb).locator(".nbchat-meta").inner_text()
+    assert pane(nb).locator(".nbchat-stop").is_disabled()
+    nb.run_cell(2)
+    nb.wait_output(2, "finish: stopped status: stopped")
+
+
+def test_pause_holds_and_resume_completes_with_the_unpaused_text(
+    open_notebook: Opener, lab: LabServer
+) -> None:
+    nb = open_notebook(
+        lab.notebook(
+            "pause.ipynb",
+            "from nbchat import Chat\nchat = Chat(tokens_per_s=25)\nchat",
+            'reply = chat.send("Pause me, please")',
+            'print("kernel sees:", reply.status)',
+            'ref = Chat(tokens_per_s=0).send("Pause me, please").wait()\n'
+            'print("same text:", ref.text == reply.wait().text, reply.finish)',
+        )
+    )
+    nb.run_cell(0)
+    nb.run_cell(1)
+    wait_length_above(nb, 40)
+    pause = pane(nb).locator(".nbchat-pause")
+    pause.click()
+    wait_status(nb, "paused")
+    assert pause.inner_text() == "Resume"
+    nb.run_cell(2)
+    nb.wait_output(2, "kernel sees: paused")  # the click reached the kernel's Reply
+    held = reply_length(nb)
+    time.sleep(1.0)
+    assert reply_length(nb) == held, "the reply grew while paused"
+    pause.click()
+    wait_status(nb, "done")
+    nb.run_cell(3)
+    nb.wait_output(3, "same text: True stop")
+
+
+def test_html_in_a_reply_runs_no_script(open_notebook: Opener, lab: LabServer) -> None:
+    payload = (
+        '<img src=x onerror="window.__nbchat_pwned=1"> '
+        "<script>window.__nbchat_pwned=2</script> "
+        "[link](javascript:window.__nbchat_pwned=3)"
+    )
+    nb = open_notebook(
+        lab.notebook(
+            "xss.ipynb",
+            "from nbchat import Chat\nchat = Chat(tokens_per_s=0)\nchat",
+            f"chat.send({payload!r}).wait().finish",
+        )
+    )
+    nb.run_cell(0)
+    nb.run_cell(1)
+    wait_status(nb, "done")
+    time.sleep(0.5)  # time for an error handler to fire, were there an image
+    assert nb.page.evaluate("() => window.__nbchat_pwned") is None
+    chat = pane(nb)
+    assert chat.locator(".nbchat-log img, .nbchat-log script").count() == 0
+    text = last_reply(nb).inner_text()
+    assert '<img src=x onerror="window.__nbchat_pwned=1">' in text  # shown as text
+    assert "<script>" in last_reply(nb).locator("pre").inner_text()  # and in the code block
+    for href in chat.locator(".nbchat-log a").evaluate_all("els => els.map(a => a.href)"):
+        assert not href.startswith("javascript:")
+
+
+def test_stop_click_ends_a_cell_blocked_in_wait(open_notebook: Opener, lab: LabServer) -> None:
+    nb = open_notebook(
+        lab.notebook(
+            "blocked.ipynb",
+            "from nbchat import Chat\nchat = Chat(tokens_per_s=20)\nchat",
+            'r = chat.send("A long question " * 40)\nr.wait()\nprint("returned:", r.finish)',
+        )
+    )
+    nb.run_cell(0)
+    nb.run_cell(1, wait=False)
+    wait_length_above(nb, 40)
+    pane(nb).locator(".nbchat-stop").click()
+    nb.wait_output(1, "returned: stopped")
+    wait_status(nb, "stopped")
+
+
+def test_a_second_view_shown_mid_stream_catches_up(open_notebook: Opener, lab: LabServer) -> None:
+    nb = open_notebook(
+        lab.notebook(
+            "two-views.ipynb",
+            "from nbchat import Chat\nchat = Chat(tokens_per_s=30)\nchat",
+            'reply = chat.send("Two views of one chat")',
+            "display(chat)",
+        )
+    )
+    nb.run_cell(0)
+    nb.run_cell(1)
+    wait_length_above(nb, 80)
+    nb.run_cell(2)
+    pane(nb, 1).wait_for(state="attached", timeout=MS)
+    wait_status(nb, "done", 0)
+    wait_status(nb, "done", 1)
+    first, second = last_reply(nb, 0).inner_text(), last_reply(nb, 1).inner_text()
+    assert first == second
+    assert "Two views of one chat" in second
+
+
+def test_screenshots_in_light_and_dark_themes(open_notebook: Opener, lab: LabServer) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    name = lab.notebook(
+        "themes.ipynb",
+        "from nbchat import Chat\nchat = Chat(tokens_per_s=0)\n"
+        'chat.send("Show me some Markdown").wait()\nchat',
+    )
+    backgrounds = {}
+    try:
+        for theme, file in (
+            ("JupyterLab Light", "pane-light.png"),
+            ("JupyterLab Dark", "pane-dark.png"),
+        ):
+            lab.set_theme(theme)
+            nb = open_notebook(name)
+            nb.run_cell(0)
+            wait_status(nb, "done")
+            pane(nb).screenshot(path=str(ARTIFACTS / file))
+            backgrounds[theme] = pane(nb).evaluate("el => getComputedStyle(el).backgroundColor")
+            assert (ARTIFACTS / file).stat().st_size > 10_000
+    finally:
+        lab.set_theme("JupyterLab Light")
+    assert backgrounds["JupyterLab Light"] != backgrounds["JupyterLab Dark"]
+
+
+def test_notebook_7_basic_flow(open_notebook: Opener, lab: LabServer) -> None:
+    nb = open_notebook(
+        lab.notebook("nb7.ipynb", "from nbchat import Chat\nchat = Chat(tokens_per_s=60)\nchat"),
+        classic=True,
+    )
+    nb.run_all()
+    box = pane(nb).locator(".nbchat-input")
+    box.wait_for(timeout=3 * MS)
+    box.fill("Hello from Notebook 7")
+    box.press("Enter")
+    wait_user_message(nb, "Hello from Notebook 7")
+    wait_status(nb, "done")
+    assert "You wrote: \u201cHello from Notebook 7\u201d" in last_reply(nb).inner_text()
