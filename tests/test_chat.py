@@ -217,6 +217,10 @@ def test_unreachable_gateway_errors_instead_of_hanging() -> None:
         assert reply.status == "error"
         assert reply.error is not None
         assert reply.error.startswith("cannot reach the gateway at ws://127.0.0.1:9/v1/chat")
+        # The transcript keeps the message and why it got no answer.
+        assert [m["role"] for m in chat.messages] == ["user", "assistant"]
+        assert chat.messages[-1]["error"] == reply.error
+        assert chat.messages[-1]["finish"] == "error"
         assert chat.status == "offline"
         assert "cannot reach" in chat.error
 

@@ -97,6 +97,9 @@ export function renderChat(model: AnyModel<ChatModel>, el: HTMLElement, stream: 
     rows: "2",
     "aria-label": "Message",
     placeholder: "Message (Enter to send, Shift+Enter for a new line)",
+    // Keys typed here are the pane's: without this, JupyterLab's Shift+Enter
+    // (run cell) fires from inside the box and re-runs the cell under the pane.
+    "data-lm-suppress-shortcuts": "true",
   });
   const send = button("nbchat-send", "Send", "Send (Enter)");
   const pause = button("nbchat-pause", "Pause", "Hold the reply; nothing is lost");
@@ -218,8 +221,14 @@ export function renderChat(model: AnyModel<ChatModel>, el: HTMLElement, stream: 
   };
 
   input.addEventListener("keydown", (event) => {
-    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
-      event.preventDefault();
+    if (event.key !== "Enter" || event.isComposing) return;
+    // Both keys are handled here: the notebook around the pane would otherwise take
+    // Shift+Enter (run cell) and cancel its default of inserting a line break.
+    event.preventDefault();
+    event.stopPropagation();
+    if (event.shiftKey) {
+      input.setRangeText("\n", input.selectionStart, input.selectionEnd, "end");
+    } else {
       submit();
     }
   });

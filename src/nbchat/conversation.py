@@ -184,10 +184,6 @@ class Conversation:
                         self._queued.remove(reply)
                 if reply.finished:
                     continue  # stopped while it waited in the queue
-                if not await self._connect():
-                    reply._end("error", error=self.error, error_code="unavailable")
-                    self.listener.on_reply_status(reply)
-                    continue
                 await self._run(reply)
         finally:
             self._set_status("closed")
@@ -201,17 +197,20 @@ class Conversation:
             self.transcript.add_user(reply.prompt, at=at)
             history = self.transcript.history()
             message = self.transcript.add_assistant(reply_id=reply.id, model=model, at=at)
-        self._connection.session.open(reply.id)
         in_flight = _InFlight(reply, message, self._loop.time(), asyncio.Event())
         self._current = in_flight
         self.listener.on_reply_start(reply)
         self.listener.on_transcript()
-        try:
-            await self._connection.send(
-                Start(reply=reply.id, messages=history, model=model, params=reply.params)
-            )
-        except GatewayUnavailable as exc:
-            self._end(in_flight, "error", error=str(exc), code="unavailable")
+        if not await self._connect():
+            # The transcript keeps the message and why it got no answer.
+            self._end(in_flight, "error", error=self.error, code="unavailable")
+        else:
+            self._connection.session.open(reply.id)
+            start = Start(reply=reply.id, messages=history, model=model, params=reply.params)
+            try:
+                await self._connection.send(start)
+            except GatewayUnavailable as exc:
+                self._end(in_flight, "error", error=str(exc), code="unavailable")
         await in_flight.ended.wait()
         self._current = None
 

@@ -232,3 +232,61 @@ def test_notebook_7_basic_flow(open_notebook: Opener, lab: LabServer) -> None:
     wait_user_message(nb, "Hello from Notebook 7")
     wait_status(nb, "done")
     assert "You wrote: \u201cHello from Notebook 7\u201d" in last_reply(nb).inner_text()
+
+
+def test_errors_show_in_the_pane_and_it_stays_usable(open_notebook: Opener, lab: LabServer) -> None:
+    nb = open_notebook(
+        lab.notebook(
+            "errors.ipynb",
+            "from nbchat import Chat\nchat = Chat(tokens_per_s=0)\n"
+            "chat.model = 'no-such-model'\nchat",
+            'offline = Chat(url="ws://127.0.0.1:9/v1/chat")\noffline.send("anyone?").wait()\noffline',
+        )
+    )
+    nb.run_cell(0)
+    box = pane(nb).locator(".nbchat-input")
+    box.fill("first line")
+    box.press("Shift+Enter")  # a new line, not a send
+    box.press_sequentially("second line")
+    assert box.input_value() == "first line\nsecond line"
+    box.press("Enter")
+    wait_status(nb, "error")
+    assert "unknown model 'no-such-model'; available: demo" in last_reply(nb).inner_text()
+    user = pane(nb).locator('.nbchat-msg[data-role="user"] .nbchat-body').last
+    assert user.inner_text() == "first line\nsecond line"
+    # Still usable: pick a model that exists and chat on.
+    pane(nb).locator(".nbchat-model").select_option("demo")
+    box.fill("and now?")
+    box.press("Enter")
+    wait_user_message(nb, "and now?")
+    wait_status(nb, "done")
+    nb.run_cell(1)
+    offline = pane(nb, 1)
+    offline.locator('.nbchat-status[data-status="offline"]').wait_for(timeout=MS)
+    assert (
+        "cannot reach the gateway at ws://127.0.0.1:9/v1/chat"
+        in offline.locator(".nbchat-error").inner_text()
+    )
+    assert "cannot reach the gateway" in last_reply(nb, 1).inner_text()
+
+
+def test_a_page_reload_mid_stream_catches_up(open_notebook: Opener, lab: LabServer) -> None:
+    nb = open_notebook(
+        lab.notebook(
+            "reload.ipynb",
+            "from nbchat import Chat\nchat = Chat(tokens_per_s=25)\nchat",
+            'reply = chat.send("Reload me")',
+        )
+    )
+    nb.run_cell(0)
+    nb.run_cell(1)
+    wait_length_above(nb, 60)
+    nb.page.keyboard.press("Control+s")  # the saved output names the live widget
+    nb.page.wait_for_timeout(500)
+    nb.page.reload()
+    nb.wait_idle()
+    pane(nb).wait_for(state="attached", timeout=3 * MS)
+    wait_status(nb, "done")
+    text = last_reply(nb).locator(".nbchat-body").inner_text()
+    assert text.count("You wrote: \u201cReload me\u201d") == 1  # nothing shown twice
+    assert text.rstrip().endswith("This is the first turn of our conversation.")
