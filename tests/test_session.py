@@ -6,7 +6,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nbchat.protocol import Delta, Done, Error, Paused, Resumed, ServerFrame, Started
+from nbchat.protocol import (
+    Delta,
+    Done,
+    Error,
+    Paused,
+    Resumed,
+    ServerFrame,
+    Snapshot,
+    Started,
+    Welcome,
+)
 from nbchat.session import (
     TRANSITIONS,
     ClientSession,
@@ -113,15 +123,59 @@ def test_replay_returns_exactly_the_events_after_a_seq() -> None:
         s.replay(5)
 
 
-def test_replay_reports_a_gap_with_full_text_when_the_log_is_trimmed() -> None:
+def test_replay_sends_snapshots_when_the_log_is_trimmed() -> None:
     s = GatewaySession("s", limits=LogLimits(max_events=3))
     s.start("a", "demo")
+    s.start("b", "demo")
+    s.delta("b", "old")
+    s.finish("b", "stop")
     for word in ["w1 ", "w2 ", "w3 ", "w4"]:
         s.delta("a", word)
+    s.pause("a")
+    s.delta("a", " held")
     replay = s.replay(1)
     assert replay.gap
-    assert seqs(replay.events) == [3, 4, 5]
-    assert replay.unfinished == {"a": "w1 w2 w3 w4"}
+    assert replay.events == []
+    assert replay.snapshots == [
+        Snapshot(reply="a", text="w1 w2 w3 w4", paused=True),  # held text is not sent yet
+        Snapshot(reply="b", text="old", finish="stop"),
+    ]
+    assert s.replay(s.last_seq - 2).gap is False  # a recent point is still in the log
+
+
+def test_log_is_trimmed_by_age_with_the_clock_it_is_given() -> None:
+    now = [0.0]
+    s = GatewaySession("s", limits=LogLimits(max_age_s=10), clock=lambda: now[0])
+    s.start("a", "demo")
+    s.delta("a", "early")
+    now[0] = 30.0
+    s.delta("a", "late")
+    replay = s.replay(0)
+    assert replay.gap
+    assert replay.snapshots == [Snapshot(reply="a", text="earlylate")]
+    assert seqs(s.replay(2).events) == [3]
+
+
+def test_a_client_ends_exact_after_a_gap() -> None:
+    gateway = GatewaySession("s", limits=LogLimits(max_events=1))
+    client = ClientSession()
+    client.open("a")
+    for event in gateway.start("a", "demo") + gateway.delta("a", "seen "):
+        client.receive(event)
+    missed = gateway.delta("a", "missed ") + gateway.delta("a", "also missed")
+    assert missed  # the client never gets these: the link was down
+    replay = gateway.replay(client.last_seq)
+    assert replay.gap
+    client.receive(
+        Welcome(session="s", last_seq=gateway.last_seq, models=("demo",), resumed=True, server="t")
+    )
+    client.receive(Error(code="resume_gap", message="gap"))
+    for snapshot in replay.snapshots:
+        client.receive(snapshot)
+    for event in gateway.delta("a", " live") + gateway.finish("a", "stop"):
+        assert client.receive(event)
+    assert client.replies["a"].text == "seen missed also missed live"
+    assert client.replies["a"].state is ReplyState.DONE
 
 
 def test_log_is_bounded_by_bytes_too() -> None:
@@ -174,11 +228,16 @@ operation = st.one_of(
 
 
 @settings(max_examples=300, deadline=None)
-@given(ops=st.lists(operation, max_size=60), data=st.data())
+@given(
+    ops=st.lists(operation, max_size=60),
+    log_size=st.sampled_from([2, 5, 20, 10_000]),
+    data=st.data(),
+)
 def test_any_interleaving_assembles_each_reply_exactly_once(
-    ops: list[tuple[str, ...]], data: st.DataObject
+    ops: list[tuple[str, ...]], log_size: int, data: st.DataObject
 ) -> None:
-    gateway = GatewaySession("s")
+    # Small logs force resume gaps, answered with snapshots.
+    gateway = GatewaySession("s", limits=LogLimits(max_events=log_size))
     stream: list[ServerFrame] = []
     generated = {r: "" for r in REPLIES}
     for r in REPLIES:
@@ -213,10 +272,15 @@ def test_any_interleaving_assembles_each_reply_exactly_once(
         elif action == "duplicate" and delivered:
             client.receive(stream[data.draw(st.integers(0, delivered - 1))])
         elif action == "replay":
-            # A resuming client asks from any seq it has already seen.
-            after = data.draw(st.integers(0, client.last_seq))
-            for event in gateway.replay(after).events:
-                client.receive(event)
+            # A client resuming from the last seq it has seen, as the real one does.
+            replay = gateway.replay(client.last_seq)
+            client.receive(
+                Welcome(session="s", last_seq=gateway.last_seq, models=(), resumed=True, server="t")
+            )
+            if replay.gap:
+                client.receive(Error(code="resume_gap", message="gap"))
+            for frame in [*replay.events, *replay.snapshots]:
+                client.receive(frame)
             delivered = max(delivered, client.last_seq)
 
     assert client.last_seq == gateway.last_seq

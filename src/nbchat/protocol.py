@@ -35,6 +35,7 @@ __all__ = [
     "Resume",
     "Resumed",
     "ServerFrame",
+    "Snapshot",
     "Start",
     "Started",
     "Stop",
@@ -195,20 +196,38 @@ class Error:
 
 
 @dataclass(frozen=True)
+class Snapshot:
+    """After ``resume_gap``: a reply's whole text so far, and how it ended if it has.
+
+    Sent in place of the log events that no longer reach back to the client's
+    ``last_seq``; it covers every event up to the ``welcome``'s ``last_seq``.
+    """
+
+    type: ClassVar[str] = "snapshot"
+    reply: str
+    text: str
+    paused: bool = False
+    finish: FinishReason | None = None
+    error: str | None = None
+    error_code: str | None = None
+    usage: JSON | None = None
+
+
+@dataclass(frozen=True)
 class Pong:
     type: ClassVar[str] = "pong"
     t: float
 
 
 ClientFrame = Hello | Start | Stop | Pause | Resume | Ping
-ServerFrame = Welcome | Started | Delta | Paused | Resumed | Done | Error | Pong
+ServerFrame = Welcome | Started | Delta | Paused | Resumed | Done | Error | Snapshot | Pong
 Frame = ClientFrame | ServerFrame
 
 CLIENT_TYPES: Final[dict[str, type[Any]]] = {
     cls.type: cls for cls in (Hello, Start, Stop, Pause, Resume, Ping)
 }
 SERVER_TYPES: Final[dict[str, type[Any]]] = {
-    cls.type: cls for cls in (Welcome, Started, Delta, Paused, Resumed, Done, Error, Pong)
+    cls.type: cls for cls in (Welcome, Started, Delta, Paused, Resumed, Done, Error, Snapshot, Pong)
 }
 
 # Literal-typed fields whose values are checked against these choices.

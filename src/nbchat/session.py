@@ -13,11 +13,15 @@ Invariants kept here (and tested, including property-based tests):
 - A reply's ``done`` is its last event; nothing follows it for that reply.
 - A client applies each seq at most once: duplicates and replays of what it has already
   seen are dropped, so each reply's text is assembled exactly once, in order.
+- When the log no longer reaches back to a resuming client's ``last_seq``, the gateway
+  sends a ``snapshot`` of each reply that changed since then instead of the events, and
+  the client takes the welcome's ``last_seq`` as its own: it still ends exact.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Final
@@ -31,7 +35,9 @@ from .protocol import (
     Paused,
     Resumed,
     ServerFrame,
+    Snapshot,
     Started,
+    Welcome,
 )
 
 __all__ = [
@@ -101,6 +107,7 @@ class LogLimits:
 
     max_events: int = 10_000
     max_bytes: int = 8 * 1024 * 1024
+    max_age_s: float = 600.0  # applied only when the session is given a clock
 
 
 @dataclass
@@ -113,10 +120,32 @@ class ReplyProgress:
     text: list[str] = field(default_factory=list)  # everything generated so far
     held: list[str] = field(default_factory=list)  # generated while paused, not yet sent
     held_done: Done | None = None  # the end, reached while paused
+    last_seq: int = 0  # seq of this reply's latest event
+    done: Done | None = None
+    error: Error | None = None
 
     @property
     def full_text(self) -> str:
         return "".join(self.text)
+
+    @property
+    def sent_text(self) -> str:
+        """The text already sequenced (everything generated but what is held)."""
+        held = sum(len(h) for h in self.held)
+        full = self.full_text
+        return full[: len(full) - held]
+
+    def snapshot(self) -> Snapshot:
+        done, error = self.done, self.error
+        return Snapshot(
+            reply=self.reply,
+            text=self.sent_text,
+            paused=self.state is ReplyState.PAUSED,
+            finish=done.finish if done else None,
+            error=error.message if error else None,
+            error_code=error.code if error else None,
+            usage=done.usage if done else None,
+        )
 
 
 @dataclass(frozen=True)
@@ -125,8 +154,9 @@ class Replay:
 
     events: list[ServerFrame]
     gap: bool = False
-    # With a gap: the full text so far of each reply that has not finished.
-    unfinished: dict[str, str] = field(default_factory=dict)
+    # With a gap: a snapshot of each reply that changed after the client's last_seq,
+    # sent instead of the events (which the log no longer holds in full).
+    snapshots: list[Snapshot] = field(default_factory=list)
 
 
 class GatewaySession:
@@ -136,25 +166,41 @@ class GatewaySession:
     sends them to the connected client, if any, in order.
     """
 
-    def __init__(self, session_id: str, *, limits: LogLimits | None = None) -> None:
+    def __init__(
+        self,
+        session_id: str,
+        *,
+        limits: LogLimits | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
         self.session_id = session_id
         self.limits = limits or LogLimits()
         self.last_seq = 0
         self.replies: dict[str, ReplyProgress] = {}
-        self._log: deque[tuple[ServerFrame, int]] = deque()
+        self._clock = clock
+        self._log: deque[tuple[ServerFrame, int, float]] = deque()
         self._log_bytes = 0
 
     # Each event is sized by its text payload: cheap, and what dominates in practice.
     def _emit(self, event: ServerFrame) -> ServerFrame:
         size = 64 + len(getattr(event, "text", ""))
-        self._log.append((event, size))
+        self._log.append((event, size, self._clock() if self._clock else 0.0))
         self._log_bytes += size
-        while self._log and (
-            len(self._log) > self.limits.max_events or self._log_bytes > self.limits.max_bytes
-        ):
-            _, dropped = self._log.popleft()
-            self._log_bytes -= dropped
+        reply = getattr(event, "reply", None)
+        if reply in self.replies:
+            self.replies[reply].last_seq = _seq_of(event)
+        self._trim()
         return event
+
+    def _trim(self) -> None:
+        limits, log = self.limits, self._log
+        oldest_kept = self._clock() - limits.max_age_s if self._clock else None
+        while log and (
+            len(log) > limits.max_events
+            or self._log_bytes > limits.max_bytes
+            or (oldest_kept is not None and log[0][2] < oldest_kept)
+        ):
+            self._log_bytes -= log.popleft()[1]
 
     def _next_seq(self) -> int:
         self.last_seq += 1
@@ -239,41 +285,33 @@ class GatewaySession:
         progress.held_done = None
         progress.state = _STATE_BY_FINISH[finish]
         if error is not None:
-            events.append(
-                self._emit(
-                    Error(code=error.code, message=error.message, reply=reply, seq=self._next_seq())
-                )
+            progress.error = Error(
+                code=error.code, message=error.message, reply=reply, seq=self._next_seq()
             )
-        events.append(
-            self._emit(
-                Done(
-                    seq=self._next_seq(),
-                    reply=reply,
-                    finish=finish,
-                    usage=usage,
-                    timing=timing or {},
-                )
-            )
+            events.append(self._emit(progress.error))
+        progress.done = Done(
+            seq=self._next_seq(), reply=reply, finish=finish, usage=usage, timing=timing or {}
         )
+        events.append(self._emit(progress.done))
         return events
 
     def replay(self, after_seq: int) -> Replay:
         """Events with ``seq > after_seq``, oldest first, for a client that resumes.
 
-        When the log no longer reaches back to ``after_seq + 1``, returns a gap with the
-        full text so far of each unfinished reply, and the kept events after that point.
+        When the log no longer reaches back to ``after_seq + 1``, returns a gap with a
+        snapshot of each reply that changed after ``after_seq`` instead of events.
         """
         if after_seq > self.last_seq:
             raise SessionError(
                 f"last_seq {after_seq} is ahead of this session (last seq {self.last_seq})"
             )
+        self._trim()
         # Only reply events are logged, and every one of them carries a seq.
         oldest_seq = _seq_of(self._log[0][0]) if self._log else self.last_seq + 1
-        events = [e for e, _ in self._log if _seq_of(e) > after_seq]
         if oldest_seq <= after_seq + 1:
-            return Replay(events=events)
-        unfinished = {r: p.full_text for r, p in self.replies.items() if not p.state.finished}
-        return Replay(events=events, gap=True, unfinished=unfinished)
+            return Replay(events=[e for e, _, _ in self._log if _seq_of(e) > after_seq])
+        changed = [p.snapshot() for p in self.replies.values() if p.last_seq > after_seq]
+        return Replay(events=[], gap=True, snapshots=changed)
 
 
 def _seq_of(event: ServerFrame) -> int:
@@ -314,6 +352,7 @@ class ClientSession:
         self.last_seq = 0
         self.replies: dict[str, ReplyView] = {}
         self.duplicates = 0  # frames dropped because their seq was already applied
+        self._welcome_seq = 0
 
     def open(self, reply: str) -> ReplyView:
         """Register a reply the client is about to ``start``."""
@@ -325,6 +364,18 @@ class ClientSession:
 
     def receive(self, frame: ServerFrame) -> bool:
         """Apply one frame from the gateway. Returns False for a duplicate (ignored)."""
+        if isinstance(frame, Welcome):
+            self.session_id, self._welcome_seq = frame.session, frame.last_seq
+            if not frame.resumed:
+                self.last_seq = 0  # a new session numbers from the start
+            return True
+        if isinstance(frame, Error) and frame.code == "resume_gap":
+            # Snapshots follow for everything up to the welcome's last_seq.
+            self.last_seq = max(self.last_seq, self._welcome_seq)
+            return True
+        if isinstance(frame, Snapshot):
+            self._apply_snapshot(frame)
+            return True
         seq = getattr(frame, "seq", None)
         if seq is not None:
             if seq <= self.last_seq:
@@ -361,11 +412,17 @@ class ClientSession:
             view.state = _STATE_BY_FINISH[frame.finish]
         return True
 
-    def restore_text(self, reply: str, text: str) -> None:
-        """After a ``resume_gap``: replace a reply's text with the gateway's full text."""
-        view = self.replies.get(reply)
-        if view is not None:
-            view.parts = [text] if text else []
+    def _apply_snapshot(self, frame: Snapshot) -> None:
+        view = self.replies.get(frame.reply)
+        if view is None:
+            return
+        view.parts = [frame.text] if frame.text else []
+        if frame.finish is not None:
+            view.finish, view.usage = frame.finish, frame.usage
+            view.error, view.error_code = frame.error, frame.error_code
+            view.state = _STATE_BY_FINISH[frame.finish]
+        elif not view.state.finished:
+            view.state = ReplyState.PAUSED if frame.paused else ReplyState.STREAMING
 
     def fail(self, reply: str, code: str, message: str) -> None:
         """End a reply locally (e.g. the gateway could not be reached)."""
