@@ -18,6 +18,7 @@ from nbchat.gateway import EmbeddedGateway
 from nbchat.gateway.providers.base import Request
 from nbchat.gateway.providers.demo import demo_reply
 from nbchat.protocol import ChatMessage
+
 from timeouts import TIMEOUT
 
 

@@ -16,7 +16,14 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .client import ClientConnection, GatewayUnavailable, client_loop
+from .backoff import Backoff
+from .client import (
+    DEFAULT_HEARTBEAT_S,
+    ClientConnection,
+    GatewayUnavailable,
+    LinkState,
+    client_loop,
+)
 from .protocol import (
     Delta,
     Done,
@@ -26,16 +33,18 @@ from .protocol import (
     Resume,
     Resumed,
     ServerFrame,
+    Snapshot,
     Start,
     Started,
     Stop,
+    Welcome,
 )
 from .reply import Reply
 from .transcript import Message, Transcript
 
 __all__ = ["ConnectionStatus", "Conversation", "ConversationListener"]
 
-ConnectionStatus = Literal["connecting", "connected", "offline", "closed"]
+ConnectionStatus = Literal["connecting", "connected", "reconnecting", "offline", "closed"]
 CLOSE_TIMEOUT_S = 5.0
 
 
@@ -43,7 +52,7 @@ class ConversationListener:
     """Hooks a view implements to follow a conversation. Called on the client loop
     thread; each must return quickly. The defaults do nothing."""
 
-    def on_status(self, status: ConnectionStatus, error: str | None) -> None: ...
+    def on_status(self, status: ConnectionStatus, detail: str, error: str | None) -> None: ...
     def on_models(self, models: list[str]) -> None: ...
     def on_transcript(self) -> None: ...
     def on_reply_start(self, reply: Reply) -> None: ...
@@ -60,6 +69,7 @@ class _InFlight:
     sent_at: float  # loop time when start was sent
     ended: asyncio.Event
     chunks: int = 0
+    started: bool = False  # its start frame has been sent (or queued for the resume)
 
 
 class Conversation:
@@ -75,12 +85,15 @@ class Conversation:
         system: str | None = None,
         params: dict[str, Any] | None = None,
         listener: ConversationListener | None = None,
+        backoff: Backoff | None = None,
+        heartbeat_s: float = DEFAULT_HEARTBEAT_S,
     ) -> None:
         self.url = url
         self.model = model
         self.params = dict(params or {})
         self.models: list[str] = []
         self.status: ConnectionStatus = "connecting"
+        self.status_detail = ""
         self.error: str | None = None
         self.listener = listener or ConversationListener()
         self.transcript = Transcript(system=system)
@@ -92,7 +105,12 @@ class Conversation:
         self._current: _InFlight | None = None
         self._closing = False
         self._connection = ClientConnection(
-            url, token=token, on_frame=self._on_frame, on_close=self._on_close
+            url,
+            token=token,
+            on_frame=self._on_frame,
+            on_state=self._on_link_state,
+            backoff=backoff,
+            heartbeat_s=heartbeat_s,
         )
         self._worker = asyncio.run_coroutine_threadsafe(self._work(), self._loop)
 
@@ -150,17 +168,42 @@ class Conversation:
         if self._current is not None:
             self._current.reply.stop()
 
+    def reconnect(self) -> None:
+        """Try to reach the gateway again now (after it went offline, or to cut a
+        backoff short); the session resumes where it left off."""
+        asyncio.run_coroutine_threadsafe(self._connection.reconnect_now(), self._loop)
+
+    @property
+    def connection(self) -> ClientConnection:
+        return self._connection
+
     def _control(self, action: str, reply: Reply) -> None:
         asyncio.run_coroutine_threadsafe(self._apply_control(action, reply), self._loop)
 
     # --- on the loop thread -------------------------------------------------------
 
-    def _set_status(self, status: ConnectionStatus, error: str | None = None) -> None:
-        self.status, self.error = status, error
-        self.listener.on_status(status, error)
+    def _set_status(
+        self, status: ConnectionStatus, error: str | None = None, detail: str = ""
+    ) -> None:
+        self.status, self.error, self.status_detail = status, error, detail
+        self.listener.on_status(status, detail, error)
+
+    def _on_link_state(self, state: LinkState, detail: str) -> None:
+        if state == "connected":
+            self._set_status("connected", detail=detail)
+        elif state == "reconnecting":
+            self._set_status("reconnecting", detail=detail)
+        elif state == "offline":
+            self._set_status("offline", error=detail)
+            if self._current is not None:  # given up: the reply cannot finish
+                self._end(self._current, "error", error=detail, code="unavailable")
+        elif state == "closed":
+            self._set_status("closed")
 
     async def _connect(self) -> bool:
-        if self._connection.connected:
+        """Whether a start can be sent: connected, or reconnecting (it waits in the
+        outbox); otherwise one attempt now."""
+        if self._connection.connected or self._connection.state == "reconnecting":
             return True
         self._set_status("connecting")
         try:
@@ -172,7 +215,6 @@ class Conversation:
         if self.model is None and self.models:
             self.model = self.models[0]
         self.listener.on_models(self.models)
-        self._set_status("connected")
         return True
 
     async def _work(self) -> None:
@@ -186,7 +228,6 @@ class Conversation:
                     continue  # stopped while it waited in the queue
                 await self._run(reply)
         finally:
-            self._set_status("closed")
             await self._connection.close()
 
     async def _run(self, reply: Reply) -> None:
@@ -207,6 +248,7 @@ class Conversation:
         else:
             self._connection.session.open(reply.id)
             start = Start(reply=reply.id, messages=history, model=model, params=reply.params)
+            in_flight.started = True
             try:
                 await self._connection.send(start)
             except GatewayUnavailable as exc:
@@ -240,6 +282,17 @@ class Conversation:
 
     def _on_frame(self, frame: ServerFrame) -> None:
         in_flight = self._current
+        if isinstance(frame, Welcome):
+            if not frame.resumed and in_flight is not None and in_flight.started:
+                # The gateway no longer knows the session: nothing more will come.
+                self._end(
+                    in_flight,
+                    "error",
+                    code="session_lost",
+                    error="the gateway no longer has this chat's session (it "
+                    "restarted, or the session expired); the reply ends here",
+                )
+            return
         if in_flight is None or getattr(frame, "reply", None) != in_flight.reply.id:
             if isinstance(frame, Error) and frame.reply is None:
                 self._set_status(self.status, f"{frame.code}: {frame.message}")
@@ -261,6 +314,8 @@ class Conversation:
         elif isinstance(frame, Resumed):
             reply._set_status("streaming")
             self.listener.on_reply_status(reply)
+        elif isinstance(frame, Snapshot):
+            self._apply_snapshot(in_flight, frame)
         elif isinstance(frame, Error) and frame.seq is None and reply.status == "pending":
             # The gateway rejected the start itself: nothing more will come for it.
             self._end(in_flight, "error", error=frame.message, code=frame.code)
@@ -268,6 +323,24 @@ class Conversation:
             view = self._connection.session.replies[reply.id]
             message.usage = frame.usage
             self._end(in_flight, frame.finish, error=view.error, code=view.error_code)
+
+    def _apply_snapshot(self, in_flight: _InFlight, frame: Snapshot) -> None:
+        """After a resume gap: what the snapshot has beyond our text arrives as one
+        chunk (our text is always a prefix of it), then its state applies."""
+        reply, message = in_flight.reply, in_flight.message
+        extra = frame.text[len(reply.text) :]
+        if extra:
+            in_flight.chunks += 1
+            with self.lock:
+                message.content += extra
+            reply._append(extra)
+            self.listener.on_chunk(reply, extra)
+        if frame.finish is not None:
+            message.usage = frame.usage
+            self._end(in_flight, frame.finish, error=frame.error, code=frame.error_code)
+        elif frame.paused != (reply.status == "paused"):
+            reply._set_status("paused" if frame.paused else "streaming")
+            self.listener.on_reply_status(reply)
 
     def _end(
         self, in_flight: _InFlight, finish: Any, *, error: str | None, code: str | None
@@ -282,10 +355,3 @@ class Conversation:
         in_flight.ended.set()
         self.listener.on_reply_status(reply)
         self.listener.on_transcript()
-
-    def _on_close(self, reason: str) -> None:
-        if self._closing:
-            return
-        self._set_status("offline", reason)
-        if self._current is not None:
-            self._end(self._current, "error", error=reason, code="unavailable")

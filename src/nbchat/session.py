@@ -13,6 +13,9 @@ Invariants kept here (and tested, including property-based tests):
 - A reply's ``done`` is its last event; nothing follows it for that reply.
 - A client applies each seq at most once: duplicates and replays of what it has already
   seen are dropped, so each reply's text is assembled exactly once, in order.
+- A client keeps every start, stop, pause and resume it sent until an event answers
+  it, and sends the unanswered ones again after a resume (a frame written just before
+  a cut may never arrive); the gateway treats them as idempotent.
 - When the log no longer reaches back to a resuming client's ``last_seq``, the gateway
   sends a ``snapshot`` of each reply that changed since then instead of the events, and
   the client takes the welcome's ``last_seq`` as its own: it still ends exact.
@@ -24,19 +27,24 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Final
+from typing import Any, Final
 
 from .protocol import (
     JSON,
+    ClientFrame,
     Delta,
     Done,
     Error,
     FinishReason,
+    Pause,
     Paused,
+    Resume,
     Resumed,
     ServerFrame,
     Snapshot,
+    Start,
     Started,
+    Stop,
     Welcome,
 )
 
@@ -353,6 +361,35 @@ class ClientSession:
         self.replies: dict[str, ReplyView] = {}
         self.duplicates = 0  # frames dropped because their seq was already applied
         self._welcome_seq = 0
+        self._unanswered: list[ClientFrame] = []
+
+    def sent(self, frame: ClientFrame) -> None:
+        """Record a frame sent (or about to be); requests are kept until answered."""
+        if isinstance(frame, (Start, Stop, Pause, Resume)):
+            self._unanswered.append(frame)
+
+    def unanswered(self) -> list[ClientFrame]:
+        """Requests the gateway has not answered yet, oldest first: to send again
+        after a resume. Resending is safe: the gateway treats them as idempotent."""
+        return list(self._unanswered)
+
+    def _answered(self, frame: ServerFrame, reply: str) -> None:
+        # Which requests an event answers: any event of a reply answers its start;
+        # paused answers pause, resumed answers resume, done answers everything.
+        answered: tuple[type[Any], ...] = (Start,)
+        if isinstance(frame, Paused):
+            answered = (Start, Pause)
+        elif isinstance(frame, Resumed):
+            answered = (Start, Resume)
+        elif isinstance(frame, (Done, Snapshot)) and (
+            not isinstance(frame, Snapshot) or frame.finish is not None
+        ):
+            answered = (Start, Stop, Pause, Resume)
+        self._unanswered = [
+            f
+            for f in self._unanswered
+            if not (getattr(f, "reply", None) == reply and isinstance(f, answered))
+        ]
 
     def open(self, reply: str) -> ReplyView:
         """Register a reply the client is about to ``start``."""
@@ -368,6 +405,7 @@ class ClientSession:
             self.session_id, self._welcome_seq = frame.session, frame.last_seq
             if not frame.resumed:
                 self.last_seq = 0  # a new session numbers from the start
+                self._unanswered.clear()  # requests of the lost session go nowhere
             return True
         if isinstance(frame, Error) and frame.code == "resume_gap":
             # Snapshots follow for everything up to the welcome's last_seq.
@@ -375,7 +413,10 @@ class ClientSession:
             return True
         if isinstance(frame, Snapshot):
             self._apply_snapshot(frame)
+            self._answered(frame, frame.reply)
             return True
+        if isinstance(frame, Error) and frame.seq is None and frame.reply is not None:
+            self._answered(frame, frame.reply)  # a refused request is answered too
         seq = getattr(frame, "seq", None)
         if seq is not None:
             if seq <= self.last_seq:
@@ -383,6 +424,8 @@ class ClientSession:
                 return False
             self.last_seq = seq
         reply_id = getattr(frame, "reply", None)
+        if seq is not None and reply_id is not None:
+            self._answered(frame, reply_id)
         view = self.replies.get(reply_id) if reply_id is not None else None
         if view is None:
             return True  # session-level frame, or a reply this client did not open

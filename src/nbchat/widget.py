@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 import anywidget
 import traitlets
 
+from .backoff import Backoff
+from .client import DEFAULT_HEARTBEAT_S
 from .conversation import ConnectionStatus, Conversation, ConversationListener
 from .gateway.embedded import shared_gateway
 from .pane import StreamBatcher, parse_command
@@ -62,8 +64,10 @@ class Chat(anywidget.AnyWidget):
     chat_id = traitlets.Unicode(read_only=True).tag(sync=True)
     # The transcript: one dict per message; rewritten at turn boundaries only.
     messages = traitlets.List(traitlets.Dict()).tag(sync=True)
-    # The link to the gateway: connecting, connected, offline or closed; and why.
+    # The link to the gateway: connecting, connected, reconnecting, offline or closed;
+    # a detail ("attempt 2, next in 0.7 s", "resumed after 1.2 s"); and what is wrong.
     status = traitlets.Unicode("connecting").tag(sync=True)
+    status_detail = traitlets.Unicode("").tag(sync=True)
     error = traitlets.Unicode("").tag(sync=True)
     # Models the gateway offers, and the one used for the next message.
     models = traitlets.List(traitlets.Unicode()).tag(sync=True)
@@ -78,6 +82,9 @@ class Chat(anywidget.AnyWidget):
         model: str | None = None,
         system: str | None = None,
         token: str | None = None,
+        *,
+        backoff: Backoff | None = None,
+        heartbeat_s: float = DEFAULT_HEARTBEAT_S,
         **params: Any,
     ) -> None:
         super().__init__()
@@ -95,6 +102,8 @@ class Chat(anywidget.AnyWidget):
             system=system,
             params=params,
             listener=self._bridge,
+            backoff=backoff,
+            heartbeat_s=heartbeat_s,
         )
         self.on_msg(self._on_pane_message)
         _keep_pane_messages_on_their_subshell(self.comm)
@@ -127,6 +136,8 @@ class Chat(anywidget.AnyWidget):
                 self.clear()
             elif command.type == "sync":
                 self._bridge.send_snapshot()
+            elif command.type == "reconnect":
+                self.reconnect()
         except (ValueError, RuntimeError) as exc:
             self.error = str(exc)
 
@@ -163,6 +174,12 @@ class Chat(anywidget.AnyWidget):
         """Resume the paused reply: what was held arrives first, then it goes on live."""
         reply = self.reply
         return reply.resume() if reply is not None else None
+
+    def reconnect(self) -> None:
+        """Try to reach the gateway again now (the pane's Retry button). The link also
+        comes back on its own after a drop, with backoff; this cuts the wait short or
+        tries again after it gave up (``status == "offline"``)."""
+        self._conversation.reconnect()
 
     def clear(self) -> None:
         """Stop what is running, drop queued messages and start a fresh transcript."""
@@ -216,8 +233,9 @@ class _TraitBridge(ConversationListener):
         self.batcher = StreamBatcher()
         self._flush_scheduled = False
 
-    def on_status(self, status: ConnectionStatus, error: str | None) -> None:
+    def on_status(self, status: ConnectionStatus, detail: str, error: str | None) -> None:
         self.chat.status = status
+        self.chat.status_detail = detail
         self.chat.error = error or ""
 
     def on_models(self, models: list[str]) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import json
 import logging
 import secrets
 from collections.abc import Iterable
@@ -40,15 +41,21 @@ from ..protocol import (
     encode,
 )
 from ..session import GatewaySession, LogLimits, SessionError
+from .limits import FrameRate, GatewayLimits
 from .providers import DemoProvider, Finish, Provider, ProviderError, Request, TextChunk
 
-__all__ = ["CHAT_PATH", "Gateway", "GatewayConnection", "LiveSession", "ModelRoute"]
+__all__ = [
+    "CHAT_PATH",
+    "Gateway",
+    "GatewayBusy",
+    "GatewayConnection",
+    "LiveSession",
+    "ModelRoute",
+]
 
 log = logging.getLogger("nbchat.gateway")
 
 CHAT_PATH: Final = "/v1/chat"
-MAX_FRAME_BYTES: Final = 1024 * 1024
-HELLO_TIMEOUT_S: Final = 10.0
 
 
 @dataclass(frozen=True)
@@ -59,13 +66,39 @@ class ModelRoute:
     upstream: str
 
 
+@dataclass(frozen=True)
+class _Close:
+    """In the outbox: close the connection once everything before it is sent."""
+
+    code: int
+    reason: str
+
+
+def _reply_named_in(message: str | bytes) -> str | None:
+    """The reply a refused frame was about, so the client can fail it at once."""
+    try:
+        data = json.loads(message)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    reply = data.get("reply") if isinstance(data, dict) else None
+    return reply if isinstance(reply, str) else None
+
+
+class GatewayBusy(Exception):
+    """The gateway cannot take another session."""
+
+
 class LiveSession:
     """A session's state plus its I/O: the attached connection and running replies."""
 
-    def __init__(self, state: GatewaySession) -> None:
+    def __init__(self, state: GatewaySession, now: float) -> None:
         self.state = state
         self.connection: GatewayConnection | None = None
         self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.last_active = now  # when a client was last attached or a reply ran
+
+    def idle(self) -> bool:
+        return self.connection is None and not self.tasks
 
     def emit(self, events: Iterable[ServerFrame]) -> None:
         """Send events to the attached client, if any. They are already logged by the
@@ -89,6 +122,7 @@ class Gateway:
         models: dict[str, ModelRoute] | None = None,
         token: str | None = None,
         log_limits: LogLimits | None = None,
+        limits: GatewayLimits | None = None,
     ) -> None:
         if models is None:
             demo = DemoProvider()
@@ -96,8 +130,11 @@ class Gateway:
         self.models = models
         self.token = token
         self.log_limits = log_limits or LogLimits()
+        self.limits = limits or GatewayLimits()
         self.sessions: dict[str, LiveSession] = {}
         self._server: Server | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._address: tuple[str, int] | None = None
 
     @property
     def port(self) -> int:
@@ -109,22 +146,46 @@ class Gateway:
         return f"ws://{host}:{self.port}{CHAT_PATH}"
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        """Listen on ``host:port`` (0 = a free port). After :meth:`stop_listening`,
+        ``start()`` with no arguments listens again on the same address."""
+        if self._address is not None and (host, port) == ("127.0.0.1", 0):
+            host, port = self._address
         self._server = await serve(
             self._handle,
             host,
             port,
             process_request=self._process_request,
-            max_size=MAX_FRAME_BYTES,
+            max_size=self.limits.max_frame_bytes,
             server_header=f"nbchat/{__version__}",
         )
+        self._address = (host, self.port)
+        if self._sweeper is None:
+            self._sweeper = asyncio.create_task(self._expire_sessions())
 
-    async def close(self) -> None:
-        for live in self.sessions.values():
-            for task in live.tasks.values():
-                task.cancel()
+    async def stop_listening(self) -> None:
+        """Close the listening socket and every connection, keeping the sessions and
+        the replies they are generating (as a restart with a shared store would)."""
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for live in self.sessions.values():
+            for task in live.tasks.values():
+                task.cancel()
+        await self.stop_listening()
+
+    async def _expire_sessions(self) -> None:
+        idle_s = self.limits.session_idle_s
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(min(30.0, idle_s / 4))
+            now = loop.time()
+            for session_id, live in list(self.sessions.items()):
+                if live.idle() and now - live.last_active > idle_s:
+                    del self.sessions[session_id]
 
     async def serve_forever(self, host: str, port: int) -> None:
         await self.start(host, port)
@@ -157,16 +218,34 @@ class Gateway:
     def open_session(self, session_id: str | None) -> tuple[LiveSession, bool]:
         """The session to attach to: the one named, or a new one. Returns it and
         whether it is an existing session being resumed."""
+        loop = asyncio.get_running_loop()
         if session_id is not None and session_id in self.sessions:
-            return self.sessions[session_id], True
+            live = self.sessions[session_id]
+            live.last_active = loop.time()
+            return live, True
+        if len(self.sessions) >= self.limits.sessions:
+            raise GatewayBusy(f"this gateway serves {self.limits.sessions} sessions already")
         new_id = secrets.token_urlsafe(16)
-        live = LiveSession(GatewaySession(new_id, limits=self.log_limits))
+        state = GatewaySession(new_id, limits=self.log_limits, clock=loop.time)
+        live = LiveSession(state, loop.time())
         self.sessions[new_id] = live
         return live, False
 
     def start_reply(self, live: LiveSession, frame: Start) -> None:
+        if frame.reply in live.state.replies:
+            # A client resends requests it had no answer to after a resume; the events
+            # of this reply are already on their way, so the repeat changes nothing.
+            return
         live.emit(live.state.start(frame.reply, frame.model))
         route = self.models.get(frame.model)
+        if len(live.tasks) >= self.limits.replies_per_session:
+            error = Error(
+                code="busy",
+                message=f"this session has {len(live.tasks)} replies in flight already "
+                f"(the limit is {self.limits.replies_per_session}); wait for one to end",
+            )
+            live.emit(live.state.finish(frame.reply, "error", error=error))
+            return
         if route is None:
             known = ", ".join(sorted(self.models)) or "none"
             error = Error(
@@ -232,7 +311,15 @@ class GatewayConnection:
         self.gateway = gateway
         self.websocket = websocket
         self.live: LiveSession | None = None
-        self._outbox: asyncio.Queue[ServerFrame | None] = asyncio.Queue()
+        self._outbox: asyncio.Queue[ServerFrame | _Close | None] = asyncio.Queue()
+        limits = gateway.limits
+        self.rate = FrameRate(limits.frames_per_s, limits.frame_burst, limits.flood_rejections)
+
+    async def _require_hello(self) -> None:
+        await asyncio.sleep(self.gateway.limits.hello_timeout_s)
+        if self.live is None:
+            timeout = self.gateway.limits.hello_timeout_s
+            await self.websocket.close(1008, f"no hello within {timeout:g} s")
 
     def send(self, frame: ServerFrame) -> None:
         self._outbox.put_nowait(frame)
@@ -240,20 +327,45 @@ class GatewayConnection:
     async def _write(self) -> None:
         while (frame := await self._outbox.get()) is not None:
             try:
+                if isinstance(frame, _Close):
+                    await self.websocket.close(frame.code, frame.reason)
+                    return
                 await self.websocket.send(encode(frame))
             except ConnectionClosed:
                 return
 
     async def run(self) -> None:
         writer = asyncio.create_task(self._write())
+        hello_watch = asyncio.create_task(self._require_hello())
+        loop = asyncio.get_running_loop()
         try:
+            closing = False
             async for message in self.websocket:
+                if closing:
+                    continue  # read on, unanswered, until the peer's close frame arrives
+                if not self.rate.allow(loop.time()):
+                    if self.rate.flooding:
+                        # After the answers already queued: they were earned.
+                        self._outbox.put_nowait(_Close(1008, "too many frames: flood"))
+                        closing = True
+                        continue
+                    limit = self.gateway.limits.frames_per_s
+                    self.send(
+                        Error(
+                            code="rate_limited",
+                            reply=_reply_named_in(message),
+                            message=f"too many frames; slow down to {limit:g} a second",
+                        )
+                    )
+                    continue
                 self._on_message(message)
         except ConnectionClosed:
             pass
         finally:
+            hello_watch.cancel()
             if self.live is not None and self.live.connection is self:
                 self.live.connection = None
+                self.live.last_active = asyncio.get_running_loop().time()
             self._outbox.put_nowait(None)
             with contextlib.suppress(asyncio.CancelledError):
                 await writer
@@ -289,7 +401,12 @@ class GatewayConnection:
     def _hello(self, frame: Hello) -> None:
         if self.live is not None:
             raise ProtocolError("hello was already sent on this connection")
-        live, resumed = self.gateway.open_session(frame.session)
+        try:
+            live, resumed = self.gateway.open_session(frame.session)
+        except GatewayBusy as exc:
+            self.send(Error(code="busy", message=f"{exc}; try again later"))
+            asyncio.get_running_loop().create_task(self.websocket.close(1013, "gateway busy"))
+            return
         replay = live.state.replay(frame.last_seq or 0) if resumed else None
         if live.connection is not None:
             # A newer connection takes the session over; the old one gets nothing more.
@@ -310,9 +427,9 @@ class GatewayConnection:
                     Error(
                         code="resume_gap",
                         message="the session log no longer reaches back to your "
-                        "last_seq; unfinished replies are sent in full",
+                        "last_seq; the replies that changed are sent in full",
                     )
                 )
-            for event in replay.events:
+            for event in [*replay.events, *replay.snapshots]:
                 self.send(event)
         live.connection = self

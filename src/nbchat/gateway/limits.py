@@ -1,0 +1,54 @@
+"""The gateway's limits, and the frame-rate check each connection applies. Pure: the
+clock is passed in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["FrameRate", "GatewayLimits"]
+
+
+@dataclass(frozen=True)
+class GatewayLimits:
+    """What one gateway accepts. Every limit has a clear answer: an ``error`` frame
+    naming it, or a WebSocket close code and reason for abuse."""
+
+    max_frame_bytes: int = 1024 * 1024  # larger: close 1009 (message too big)
+    frames_per_s: float = 50.0  # sustained frames per connection; excess: rate_limited
+    frame_burst: int = 200  # frames allowed at once before the rate applies
+    flood_rejections: int = 500  # frames refused within one second that close the link (1008)
+    replies_per_session: int = 4  # concurrent replies; more: busy
+    sessions: int = 1000  # live sessions per gateway; more: busy, close 1013
+    hello_timeout_s: float = 10.0  # no hello by then: close 1008
+    session_idle_s: float = 900.0  # a session with no client and no reply expires
+
+
+class FrameRate:
+    """A token bucket: ``allow(now)`` says whether one more frame fits. It also counts
+    the frames it refused in the current second, so a flood (``flooding``) can be told
+    from a burst that merely ran ahead of the rate."""
+
+    def __init__(self, per_s: float, burst: int, flood_rejections: int) -> None:
+        self.per_s = per_s
+        self.burst = burst
+        self.flood_rejections = flood_rejections
+        self._tokens = float(burst)
+        self._last: float | None = None
+        self._window_start = 0.0
+        self.rejected_this_second = 0
+
+    def allow(self, now: float) -> bool:
+        if self._last is not None:
+            self._tokens = min(self.burst, self._tokens + (now - self._last) * self.per_s)
+        self._last = now
+        if now - self._window_start >= 1.0:
+            self._window_start, self.rejected_this_second = now, 0
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return True
+        self.rejected_this_second += 1
+        return False
+
+    @property
+    def flooding(self) -> bool:
+        return self.rejected_this_second >= self.flood_rejections

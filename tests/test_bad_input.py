@@ -1,0 +1,265 @@
+"""Every bad input gets its documented answer, and afterwards another client on the same
+gateway streams normally with an exact transcript."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from nbchat.gateway import Gateway
+from nbchat.gateway.limits import GatewayLimits
+from nbchat.gateway.providers.base import Request
+from nbchat.gateway.providers.demo import demo_reply
+from nbchat.protocol import CLIENT_TYPES, ChatMessage
+
+from timeouts import TIMEOUT
+
+LIMITS = GatewayLimits(
+    max_frame_bytes=64 * 1024,
+    frames_per_s=50,
+    frame_burst=200,
+    flood_rejections=300,
+    replies_per_session=4,
+    sessions=20,
+    hello_timeout_s=0.5,
+    session_idle_s=0.4,
+)
+
+
+@pytest.fixture
+async def gateway() -> AsyncIterator[Gateway]:
+    gateway = Gateway(limits=LIMITS)
+    await gateway.start("127.0.0.1", 0)
+    yield gateway
+    await gateway.close()
+
+
+async def recv(ws: ClientConnection) -> dict[str, Any]:
+    return json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))  # type: ignore[no-any-return]
+
+
+async def hello(gateway: Gateway, **fields: Any) -> tuple[ClientConnection, dict[str, Any]]:
+    ws = await connect(gateway.url(), proxy=None, max_size=None)
+    await ws.send(json.dumps({"type": "hello", "client": "bad-input", **fields}))
+    return ws, await recv(ws)
+
+
+async def check_others_unaffected(gateway: Gateway) -> None:
+    """A second client on the same gateway streams normally and exactly."""
+    ws, welcome = await hello(gateway)
+    assert welcome["type"] == "welcome"
+    await ws.send(
+        json.dumps(
+            {
+                "type": "start",
+                "reply": "ok",
+                "model": "demo",
+                "params": {"tokens_per_s": 0},
+                "messages": [{"role": "user", "content": "all well?"}],
+            }
+        )
+    )
+    text, seqs = "", []
+    while (frame := await recv(ws))["type"] != "done":
+        seqs.append(frame["seq"])
+        text += frame.get("text", "")
+    expected = demo_reply(Request(messages=(ChatMessage("user", "all well?"),), model="demo"))
+    assert text == expected
+    assert seqs == list(range(1, len(seqs) + 1))  # nothing lost, nothing twice
+    await ws.close()
+
+
+def missing_field_cases() -> list[tuple[str, str]]:
+    """Each required field of each client frame type, left out."""
+    full = {
+        "hello": {"client": "x"},
+        "start": {"reply": "r", "messages": [{"role": "user", "content": "hi"}], "model": "demo"},
+        "stop": {"reply": "r"},
+        "pause": {"reply": "r"},
+        "resume": {"reply": "r"},
+        "ping": {"t": 1},
+    }
+    cases = []
+    for kind, cls in CLIENT_TYPES.items():
+        for f in dataclasses.fields(cls):
+            if f.name in full[kind]:
+                frame = {"type": kind, **{k: v for k, v in full[kind].items() if k != f.name}}
+                cases.append((json.dumps(frame), f.name))
+    return cases
+
+
+@pytest.mark.parametrize(("text", "field"), missing_field_cases())
+async def test_each_missing_field_is_named(gateway: Gateway, text: str, field: str) -> None:
+    ws, _ = await hello(gateway)
+    await ws.send(text)
+    error = await recv(ws)
+    assert error["code"] == "bad_request"
+    assert f"field {field!r} is required" in error["message"]
+    await ws.close()
+
+
+WRONG_TYPES = [
+    (
+        '{"type": "start", "reply": 1, "model": "demo", "messages": []}',
+        "start.reply must be a string",
+    ),
+    (
+        '{"type": "start", "reply": "r", "model": ["demo"], "messages": []}',
+        "start.model must be a string",
+    ),
+    (
+        '{"type": "start", "reply": "r", "model": "demo", "messages": {}}',
+        "start.messages must be an array",
+    ),
+    (
+        '{"type": "start", "reply": "r", "model": "demo", "messages": [], "params": "hot"}',
+        "start.params must be an object",
+    ),
+    ('{"type": "ping", "t": true}', "ping.t must be a number"),
+    ('{"type": "resume", "reply": null}', "field 'reply' is required"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), WRONG_TYPES)
+async def test_wrong_types_are_named(gateway: Gateway, text: str, message: str) -> None:
+    ws, _ = await hello(gateway)
+    await ws.send(text)
+    error = await recv(ws)
+    assert error["code"] == "bad_request"
+    assert message in error["message"]
+    await ws.close()
+
+
+async def test_invalid_utf8_closes_with_1007_and_nothing_else_breaks(gateway: Gateway) -> None:
+    ws, _ = await hello(gateway)
+    await ws.send(b'{"type": "ping", "t": 1, "x": "\xff\xfe"}', text=True)
+    with pytest.raises(ConnectionClosed) as info:
+        await recv(ws)
+    assert info.value.rcvd is not None
+    assert info.value.rcvd.code == 1007
+    await check_others_unaffected(gateway)
+
+
+async def test_oversize_frame_closes_with_1009(gateway: Gateway) -> None:
+    ws, _ = await hello(gateway)
+    await ws.send(json.dumps({"type": "ping", "t": 1, "pad": "x" * (128 * 1024)}))
+    with pytest.raises(ConnectionClosed) as info:
+        await recv(ws)
+    assert info.value.rcvd is not None
+    assert info.value.rcvd.code == 1009
+    await check_others_unaffected(gateway)
+
+
+async def test_a_flood_is_rate_limited_then_closed(gateway: Gateway) -> None:
+    ws, _ = await hello(gateway)
+    for i in range(10_000):
+        try:
+            await ws.send(json.dumps({"type": "ping", "t": i}))
+        except ConnectionClosed:
+            break
+    answers: list[dict[str, Any]] = []
+
+    async def read_all() -> None:
+        while True:
+            answers.append(await recv(ws))
+
+    with pytest.raises(ConnectionClosed) as info:
+        await read_all()
+    pongs = [a for a in answers if a["type"] == "pong"]
+    limited = [a for a in answers if a.get("code") == "rate_limited"]
+    assert 200 <= len(pongs) < 1000  # the burst, then the rate
+    assert limited
+    assert limited[0]["message"] == "too many frames; slow down to 50 a second"
+    assert info.value.rcvd is not None
+    assert info.value.rcvd.code == 1008
+    assert info.value.rcvd.reason == "too many frames: flood"
+    await check_others_unaffected(gateway)
+
+
+async def test_100_parallel_starts_run_four_and_answer_the_rest_busy(gateway: Gateway) -> None:
+    ws, _ = await hello(gateway)
+    for i in range(100):
+        await ws.send(
+            json.dumps(
+                {
+                    "type": "start",
+                    "reply": f"r{i}",
+                    "model": "demo",
+                    "params": {"tokens_per_s": 200},
+                    "messages": [{"role": "user", "content": f"q{i}"}],
+                }
+            )
+        )
+    done: dict[str, str] = {}
+    errors: dict[str, str] = {}
+    while len(done) < 100:
+        frame = await recv(ws)
+        if frame["type"] == "done":
+            done[frame["reply"]] = frame["finish"]
+        elif frame["type"] == "error":
+            errors[frame["reply"]] = frame["code"]
+    assert list(done.values()).count("stop") >= 4
+    assert set(errors.values()) == {"busy"}
+    assert len(errors) + list(done.values()).count("stop") == 100
+    await ws.close()
+    await check_others_unaffected(gateway)
+
+
+async def test_hello_twice_and_last_seq_in_the_future(gateway: Gateway) -> None:
+    ws, welcome = await hello(gateway)
+    await ws.send(json.dumps({"type": "hello", "client": "again"}))
+    assert (await recv(ws))["message"] == "hello was already sent on this connection"
+    await ws.close()
+    ws, error = await hello(gateway, session=welcome["session"], last_seq=99)
+    assert error["code"] == "bad_request"
+    assert error["message"] == "last_seq 99 is ahead of this session (last seq 0)"
+    await ws.close()
+    await check_others_unaffected(gateway)
+
+
+async def test_forged_and_expired_sessions_start_afresh(gateway: Gateway) -> None:
+    ws, welcome = await hello(gateway, session="forged-id", last_seq=3)
+    assert welcome["resumed"] is False
+    assert welcome["session"] != "forged-id"
+    await ws.close()
+    await asyncio.sleep(1.0)  # idle for longer than session_idle_s: expired
+    ws, again = await hello(gateway, session=welcome["session"], last_seq=0)
+    assert again["resumed"] is False
+    await ws.close()
+
+
+async def test_control_frames_for_unknown_replies(gateway: Gateway) -> None:
+    ws, _ = await hello(gateway)
+    for kind in ("stop", "pause", "resume"):
+        await ws.send(json.dumps({"type": kind, "reply": "ghost"}))
+        error = await recv(ws)
+        assert (error["code"], error["message"]) == ("bad_request", "unknown reply 'ghost'")
+    await ws.close()
+
+
+async def test_too_many_sessions_are_refused_busy(gateway: Gateway) -> None:
+    kept = [(await hello(gateway))[0] for _ in range(LIMITS.sessions - len(gateway.sessions))]
+    ws, error = await hello(gateway)
+    assert error["code"] == "busy"
+    assert error["message"] == "this gateway serves 20 sessions already; try again later"
+    with pytest.raises(ConnectionClosed) as info:
+        await recv(ws)
+    assert info.value.rcvd is not None
+    assert info.value.rcvd.code == 1013
+    for other in kept:
+        await other.close()
+
+
+async def test_no_hello_in_time_closes_with_1008(gateway: Gateway) -> None:
+    async with connect(gateway.url(), proxy=None) as ws:
+        with pytest.raises(ConnectionClosed) as info:
+            await asyncio.wait_for(ws.recv(), TIMEOUT)
+        assert info.value.rcvd is not None
+        assert (info.value.rcvd.code, info.value.rcvd.reason) == (1008, "no hello within 0.5 s")

@@ -1,0 +1,192 @@
+"""The link survives the network: cuts (mid-frame included), stalls, a gateway that stops
+listening for a while. Every transcript ends byte-identical to an uninterrupted run."""
+
+from __future__ import annotations
+
+import asyncio
+import difflib
+import random
+import statistics
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from nbchat import Chat
+from nbchat.backoff import Backoff
+from nbchat.gateway import EmbeddedGateway, Gateway
+from nbchat.session import LogLimits
+
+from faults import FaultyProxy
+from timeouts import TIMEOUT
+
+
+@pytest.fixture
+def proxy(embedded: EmbeddedGateway) -> Iterator[FaultyProxy]:
+    proxy = FaultyProxy(embedded.gateway.port, seed=1234).start()
+    yield proxy
+    proxy.close()
+
+
+def wait_until(predicate: object, what: str, timeout: float = TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def lost_and_duplicated(expected: str, got: str) -> tuple[int, int]:
+    """Characters of ``expected`` missing from ``got``, and characters ``got`` has extra."""
+    lost = duplicated = 0
+    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(None, expected, got).get_opcodes():
+        if op in ("delete", "replace"):
+            lost += i2 - i1
+        if op in ("insert", "replace"):
+            duplicated += j2 - j1
+    return lost, duplicated
+
+
+CHATS, TURNS = 10, 5
+
+
+def prompts(chat_index: int) -> list[str]:
+    return [f"chat {chat_index}, question {turn}: " + "tell me more " * 3 for turn in range(TURNS)]
+
+
+def test_soak_cuts_and_stalls_lose_and_duplicate_nothing(
+    embedded: EmbeddedGateway, proxy: FaultyProxy
+) -> None:
+    # The uninterrupted run, straight to the gateway.
+    expected: list[list[str]] = []
+    with Chat(url=embedded.url, token=embedded.token, tokens_per_s=0) as direct:
+        for i in range(CHATS):
+            direct.clear()
+            expected.append([direct.send(p).wait(TIMEOUT).text for p in prompts(i)])
+
+    chats = [
+        Chat(url=proxy.url(), token=embedded.token, tokens_per_s=120, heartbeat_s=0.5)
+        for _ in range(CHATS)
+    ]
+    results: list[list[str]] = [[] for _ in range(CHATS)]
+    finishes: list[list[str | None]] = [[] for _ in range(CHATS)]
+
+    def converse(i: int) -> None:
+        for prompt in prompts(i):
+            reply = chats[i].send(prompt).wait(12 * TIMEOUT)
+            results[i].append(reply.text)
+            finishes[i].append(reply.finish)
+
+    threads = [threading.Thread(target=converse, args=(i,)) for i in range(CHATS)]
+    for thread in threads:
+        thread.start()
+    rng = random.Random(99)
+    while any(t.is_alive() for t in threads) or proxy.cuts < 100:
+        time.sleep(rng.uniform(0.02, 0.12))
+        if proxy.cuts and proxy.cuts % 30 == 0 and proxy.stalls < proxy.cuts // 30:
+            proxy.stall(1.5)  # half-open: only the heartbeat notices
+            time.sleep(1.6)
+        proxy.cut()
+        if proxy.cuts > 400:
+            break
+    for thread in threads:
+        thread.join(12 * TIMEOUT)
+
+    lost = duplicated = 0
+    for i in range(CHATS):
+        for want, got in zip(expected[i], results[i], strict=True):
+            missing, extra = lost_and_duplicated(want, got)
+            lost, duplicated = lost + missing, duplicated + extra
+    resumes = [t for chat in chats for t in chat._conversation.connection.resumes]
+    dropped_duplicates = sum(c._conversation.connection.session.duplicates for c in chats)
+    p95 = statistics.quantiles(resumes, n=20)[-1] if len(resumes) >= 2 else max(resumes)
+    print(
+        f"\nsoak: {CHATS * TURNS} replies, {proxy.cuts} cuts, {proxy.stalls} stalls, "
+        f"{proxy.connections} connections, {len(resumes)} resumes; "
+        f"lost {lost} and duplicated {duplicated} characters; "
+        f"{dropped_duplicates} replayed frames dropped as duplicates; "
+        f"resume p50 {statistics.median(resumes):.2f} s, p95 {p95:.2f} s"
+    )
+    for chat in chats:
+        chat.close()
+    assert proxy.cuts >= 100
+    assert proxy.stalls >= 3
+    assert all(f == ["stop"] * TURNS for f in finishes), finishes
+    assert results == expected  # byte-identical transcripts
+    assert (lost, duplicated) == (0, 0)
+    assert p95 <= 2.0
+
+
+def test_gateway_gone_for_three_seconds_then_back(embedded: EmbeddedGateway) -> None:
+    gateway, loop = embedded.gateway, embedded._loop
+    with Chat(url=embedded.url, token=embedded.token, tokens_per_s=40) as chat:
+        reply = chat.send("survive an outage " * 5)
+        wait_until(lambda: len(reply.chunks) >= 5, "streaming")
+        asyncio.run_coroutine_threadsafe(gateway.stop_listening(), loop).result(TIMEOUT)
+        wait_until(lambda: chat.status == "reconnecting", "reconnecting")
+        time.sleep(3)
+        assert not reply.finished  # it waits through the outage
+        asyncio.run_coroutine_threadsafe(gateway.start(), loop).result(TIMEOUT)
+        reply.wait(3 * TIMEOUT)
+        assert reply.finish == "stop"
+        with Chat(url=embedded.url, token=embedded.token, tokens_per_s=0) as direct:
+            assert reply.text == direct.send("survive an outage " * 5).wait(TIMEOUT).text
+        assert chat.status == "connected"
+        assert chat.status_detail.startswith("resumed after")
+
+
+def test_frames_sent_while_offline_go_out_after_the_resume(embedded: EmbeddedGateway) -> None:
+    gateway, loop = embedded.gateway, embedded._loop
+    with Chat(url=embedded.url, token=embedded.token, tokens_per_s=30) as chat:
+        reply = chat.send("pause me while the link is down")
+        wait_until(lambda: len(reply.chunks) >= 3, "streaming")
+        asyncio.run_coroutine_threadsafe(gateway.stop_listening(), loop).result(TIMEOUT)
+        wait_until(lambda: chat.status == "reconnecting", "reconnecting")
+        reply.pause()  # queued: the link is down
+        asyncio.run_coroutine_threadsafe(gateway.start(), loop).result(TIMEOUT)
+        wait_until(lambda: reply.status == "paused", "the queued pause applied", 3 * TIMEOUT)
+        held = len(reply.text)
+        time.sleep(0.5)
+        assert len(reply.text) == held
+        reply.resume().wait(3 * TIMEOUT)
+        assert reply.finish == "stop"
+
+
+def test_gives_up_as_offline_and_reconnect_brings_it_back(embedded: EmbeddedGateway) -> None:
+    gateway, loop = embedded.gateway, embedded._loop
+    backoff = Backoff(initial_s=0.05, cap_s=0.1, max_attempts=3)
+    with Chat(url=embedded.url, token=embedded.token, tokens_per_s=20, backoff=backoff) as chat:
+        reply = chat.send("this one is cut off")
+        wait_until(lambda: len(reply.chunks) >= 2, "streaming")
+        asyncio.run_coroutine_threadsafe(gateway.stop_listening(), loop).result(TIMEOUT)
+        reply.wait(TIMEOUT)
+        assert reply.status == "error"
+        assert reply.error is not None
+        assert reply.error.startswith("gave up after 3 attempts")
+        assert chat.status == "offline"
+        assert "cannot reach the gateway" in chat.error
+        asyncio.run_coroutine_threadsafe(gateway.start(), loop).result(TIMEOUT)
+        chat.reconnect()
+        wait_until(lambda: chat.status == "connected", "connected again")
+        assert chat.send("and now?", tokens_per_s=0).wait(TIMEOUT).finish == "stop"
+
+
+def test_resume_after_the_log_was_trimmed_still_ends_exact() -> None:
+    # A log of 5 events: any real outage outruns it, so the resume is a gap.
+    gateway = EmbeddedGateway(Gateway(token="t", log_limits=LogLimits(max_events=5))).start()
+    proxy = FaultyProxy(gateway.gateway.port, seed=5).start()
+    try:
+        with Chat(url=proxy.url(), token="t", tokens_per_s=100) as chat:
+            reply = chat.send("a gap, then the rest")
+            wait_until(lambda: len(reply.chunks) >= 3, "streaming")
+            proxy.stall(0.6)  # the reply runs on at the gateway meanwhile
+            time.sleep(0.65)
+            proxy.cut()
+            reply.wait(3 * TIMEOUT)
+        with Chat(url=gateway.url, token="t", tokens_per_s=0) as direct:
+            assert reply.text == direct.send("a gap, then the rest").wait(TIMEOUT).text
+        assert reply.finish == "stop"
+    finally:
+        proxy.close()
+        gateway.close()
