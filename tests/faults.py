@@ -113,5 +113,13 @@ class FaultyProxy:
     def close(self) -> None:
         self.cut()
         self._server.close()
+        asyncio.run_coroutine_threadsafe(self._cancel_links(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
+
+    @staticmethod
+    async def _cancel_links() -> None:
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -38,6 +38,8 @@ async def gateway() -> AsyncIterator[Gateway]:
     gateway = Gateway(limits=LIMITS)
     await gateway.start("127.0.0.1", 0)
     yield gateway
+    # Whatever the test threw at it, another client streams normally and exactly.
+    await check_others_unaffected(gateway)
     await gateway.close()
 
 
@@ -105,6 +107,43 @@ async def test_each_missing_field_is_named(gateway: Gateway, text: str, field: s
     await ws.close()
 
 
+def wrong_type_cases() -> list[tuple[str, str]]:
+    """Each field of each client frame type, given a value of the wrong JSON type."""
+    full: dict[str, dict[str, Any]] = {
+        "hello": {"client": "x", "session": "s", "last_seq": 0},
+        "start": {
+            "reply": "r",
+            "messages": [{"role": "user", "content": "hi"}],
+            "model": "demo",
+            "params": {},
+        },
+        "stop": {"reply": "r"},
+        "pause": {"reply": "r"},
+        "resume": {"reply": "r"},
+        "ping": {"t": 1.5},
+    }
+    wrong = {str: 7, int: "7", float: "7", list: {"a": 1}, dict: [1]}
+    cases = []
+    for kind, fields in full.items():
+        for name, value in fields.items():
+            frame = {"type": kind, **fields, name: wrong[type(value)]}
+            cases.append((json.dumps(frame), name))
+    return cases
+
+
+@pytest.mark.parametrize(("text", "field"), wrong_type_cases())
+async def test_each_field_of_the_wrong_type_is_named(
+    gateway: Gateway, text: str, field: str
+) -> None:
+    ws, _ = await hello(gateway)
+    await ws.send(text)
+    error = await recv(ws)
+    assert error["type"] == "error"
+    assert error["code"] == "bad_request"
+    assert f".{field} must be" in error["message"]
+    await ws.close()
+
+
 WRONG_TYPES = [
     (
         '{"type": "start", "reply": 1, "model": "demo", "messages": []}',
@@ -144,7 +183,6 @@ async def test_invalid_utf8_closes_with_1007_and_nothing_else_breaks(gateway: Ga
         await recv(ws)
     assert info.value.rcvd is not None
     assert info.value.rcvd.code == 1007
-    await check_others_unaffected(gateway)
 
 
 async def test_oversize_frame_closes_with_1009(gateway: Gateway) -> None:
@@ -154,7 +192,6 @@ async def test_oversize_frame_closes_with_1009(gateway: Gateway) -> None:
         await recv(ws)
     assert info.value.rcvd is not None
     assert info.value.rcvd.code == 1009
-    await check_others_unaffected(gateway)
 
 
 async def test_a_flood_is_rate_limited_then_closed(gateway: Gateway) -> None:
@@ -180,7 +217,6 @@ async def test_a_flood_is_rate_limited_then_closed(gateway: Gateway) -> None:
     assert info.value.rcvd is not None
     assert info.value.rcvd.code == 1008
     assert info.value.rcvd.reason == "too many frames: flood"
-    await check_others_unaffected(gateway)
 
 
 async def test_100_parallel_starts_run_four_and_answer_the_rest_busy(gateway: Gateway) -> None:
@@ -209,7 +245,6 @@ async def test_100_parallel_starts_run_four_and_answer_the_rest_busy(gateway: Ga
     assert set(errors.values()) == {"busy"}
     assert len(errors) + list(done.values()).count("stop") == 100
     await ws.close()
-    await check_others_unaffected(gateway)
 
 
 async def test_hello_twice_and_last_seq_in_the_future(gateway: Gateway) -> None:
@@ -221,7 +256,6 @@ async def test_hello_twice_and_last_seq_in_the_future(gateway: Gateway) -> None:
     assert error["code"] == "bad_request"
     assert error["message"] == "last_seq 99 is ahead of this session (last seq 0)"
     await ws.close()
-    await check_others_unaffected(gateway)
 
 
 async def test_forged_and_expired_sessions_start_afresh(gateway: Gateway) -> None:
@@ -255,6 +289,8 @@ async def test_too_many_sessions_are_refused_busy(gateway: Gateway) -> None:
     assert info.value.rcvd.code == 1013
     for other in kept:
         await other.close()
+    await asyncio.sleep(1.0)  # idle past session_idle_s: they expire and free the places
+    assert len(gateway.sessions) < LIMITS.sessions
 
 
 async def test_no_hello_in_time_closes_with_1008(gateway: Gateway) -> None:

@@ -153,6 +153,23 @@ def test_frames_sent_while_offline_go_out_after_the_resume(embedded: EmbeddedGat
         assert reply.finish == "stop"
 
 
+def test_a_pause_survives_a_reconnect(embedded: EmbeddedGateway, proxy: FaultyProxy) -> None:
+    with Chat(url=proxy.url(), token=embedded.token, tokens_per_s=40) as chat:
+        reply = chat.send("pause, then lose the link")
+        wait_until(lambda: len(reply.chunks) >= 3, "streaming")
+        reply.pause()
+        wait_until(lambda: reply.status == "paused", "paused")
+        proxy.cut()
+        wait_until(lambda: chat.status_detail.startswith("resumed"), "resumed")
+        held = len(reply.text)
+        time.sleep(1.0)  # the gateway still holds the text it generates
+        assert reply.status == "paused"
+        assert len(reply.text) == held
+        reply.resume().wait(TIMEOUT)
+        with Chat(url=embedded.url, token=embedded.token, tokens_per_s=0) as direct:
+            assert reply.text == direct.send("pause, then lose the link").wait(TIMEOUT).text
+
+
 def test_gives_up_as_offline_and_reconnect_brings_it_back(embedded: EmbeddedGateway) -> None:
     gateway, loop = embedded.gateway, embedded._loop
     backoff = Backoff(initial_s=0.05, cap_s=0.1, max_attempts=3)

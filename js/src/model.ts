@@ -4,7 +4,7 @@
 export type Role = "system" | "user" | "assistant";
 export type Finish = "stop" | "length" | "stopped" | "error";
 export type ReplyStatus = "pending" | "streaming" | "paused" | "done" | "stopped" | "error";
-export type LinkStatus = "connecting" | "connected" | "offline" | "closed";
+export type LinkStatus = "connecting" | "connected" | "reconnecting" | "offline" | "closed";
 
 export interface MessageRecord {
   turn: number;
@@ -30,6 +30,7 @@ export interface ChatModel {
   chat_id: string;
   messages: MessageRecord[];
   status: LinkStatus;
+  status_detail: string;
   error: string;
   models: string[];
   model: string;

@@ -12,9 +12,16 @@ import type { LiveStream } from "./stream";
 const STATUS_LABELS: Record<string, string> = {
   connecting: "connecting…",
   connected: "connected",
+  reconnecting: "reconnecting",
   offline: "offline",
   closed: "closed",
 };
+
+/** "reconnecting (attempt 2, next in 0.7 s)", "connected (resumed after 1.2 s)", ... */
+export function statusLabel(status: string, detail: string): string {
+  const label = STATUS_LABELS[status] ?? status;
+  return detail ? `${label} (${detail})` : label;
+}
 
 function element<K extends keyof HTMLElementTagNameMap>(
   tag: K,
@@ -86,7 +93,8 @@ export function renderChat(model: AnyModel<ChatModel>, el: HTMLElement, stream: 
   const status = element("span", "nbchat-status", { role: "status" });
   const picker = element("select", "nbchat-model", { "aria-label": "Model" });
   const clear = button("nbchat-clear", "Clear", "Stop and start a new conversation");
-  header.append(status, picker, clear);
+  const retry = button("nbchat-retry", "Retry", "Try to reach the gateway again now");
+  header.append(status, retry, picker, clear);
 
   const errorBox = element("div", "nbchat-error", { role: "alert" });
   const log = element("div", "nbchat-log", { role: "log", tabindex: "0", "aria-label": "Conversation" });
@@ -193,7 +201,8 @@ export function renderChat(model: AnyModel<ChatModel>, el: HTMLElement, stream: 
   const renderStatus = () => {
     const link = model.get("status");
     status.dataset.status = link;
-    status.textContent = STATUS_LABELS[link] ?? link;
+    status.textContent = statusLabel(link, model.get("status_detail"));
+    retry.hidden = link !== "offline" && link !== "reconnecting";
     const error = model.get("error");
     errorBox.textContent = error;
     errorBox.hidden = !error;
@@ -238,6 +247,7 @@ export function renderChat(model: AnyModel<ChatModel>, el: HTMLElement, stream: 
     command({ type: model.get("active").status === "paused" ? "resume" : "pause" }),
   );
   clear.addEventListener("click", () => command({ type: "clear" }));
+  retry.addEventListener("click", () => command({ type: "reconnect" }));
   picker.addEventListener("change", () => {
     model.set("model", picker.value);
     model.save_changes();
@@ -259,6 +269,7 @@ export function renderChat(model: AnyModel<ChatModel>, el: HTMLElement, stream: 
     ["change:messages", renderMessages],
     ["change:active", onActive],
     ["change:status", renderStatus],
+    ["change:status_detail", renderStatus],
     ["change:error", renderStatus],
     ["change:models", renderModels],
     ["change:model", renderModels],

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from . import __version__
 from .gateway import Gateway
+from .gateway.limits import GatewayLimits
 
 __all__ = ["main"]
 
@@ -32,12 +33,44 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get("NBCHAT_TOKEN"),
         help="require this bearer token (default: $NBCHAT_TOKEN; none if unset)",
     )
+    defaults = GatewayLimits()
+    limits = serve.add_argument_group("limits")
+    limits.add_argument(
+        "--max-sessions",
+        type=int,
+        default=defaults.sessions,
+        help="live sessions at once; more get 'busy' (default %(default)s)",
+    )
+    limits.add_argument(
+        "--replies-per-session",
+        type=int,
+        default=defaults.replies_per_session,
+        help="concurrent replies per session (default %(default)s)",
+    )
+    limits.add_argument(
+        "--session-idle-s",
+        type=float,
+        default=defaults.session_idle_s,
+        help="expire sessions idle this long (default %(default)s)",
+    )
+    limits.add_argument(
+        "--frames-per-s",
+        type=float,
+        default=defaults.frames_per_s,
+        help="frames per second per connection (default %(default)s)",
+    )
+    limits.add_argument(
+        "--max-frame-bytes",
+        type=int,
+        default=defaults.max_frame_bytes,
+        help="larger frames close the link with 1009 (default %(default)s)",
+    )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return parser
 
 
-async def _serve(host: str, port: int, token: str | None) -> None:
-    gateway = Gateway(token=token)
+async def _serve(host: str, port: int, token: str | None, limits: GatewayLimits) -> None:
+    gateway = Gateway(token=token, limits=limits)
     await gateway.start(host, port)
     # One line on stdout says where to connect; scripts and tests read it.
     print(f"nbchat gateway listening on {gateway.url(host)}", flush=True)
@@ -54,7 +87,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     if args.command == "serve":
         try:
-            asyncio.run(_serve(args.host, args.port, args.token))
+            limits = GatewayLimits(
+                sessions=args.max_sessions,
+                replies_per_session=args.replies_per_session,
+                session_idle_s=args.session_idle_s,
+                frames_per_s=args.frames_per_s,
+                max_frame_bytes=args.max_frame_bytes,
+            )
+            asyncio.run(_serve(args.host, args.port, args.token, limits))
         except OSError as exc:
             print(f"nbchat serve: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
             return 1

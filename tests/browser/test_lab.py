@@ -3,13 +3,17 @@ with the kernel on the embedded demo gateway."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+from nbchat.gateway import EmbeddedGateway, Gateway
+
 from conftest import ARTIFACTS, LabServer, Notebook
+from faults import FaultyProxy
 from timeouts import TIMEOUT
 
 pytestmark = pytest.mark.browser
@@ -290,3 +294,51 @@ def test_a_page_reload_mid_stream_catches_up(open_notebook: Opener, lab: LabServ
     text = last_reply(nb).locator(".nbchat-body").inner_text()
     assert text.count("You wrote: \u201cReload me\u201d") == 1  # nothing shown twice
     assert text.rstrip().endswith("This is the first turn of our conversation.")
+
+
+def test_the_pane_shows_reconnecting_resumed_and_offline(
+    open_notebook: Opener, lab: LabServer
+) -> None:
+    gateway = EmbeddedGateway(Gateway(token="t")).start()
+    proxy = FaultyProxy(gateway.gateway.port, seed=3).start()
+    try:
+        nb = open_notebook(
+            lab.notebook(
+                "reconnect.ipynb",
+                "from nbchat import Chat\nfrom nbchat.backoff import Backoff\n"
+                f"chat = Chat(url={proxy.url()!r}, token='t', tokens_per_s=10,\n"
+                "            backoff=Backoff(initial_s=0.5, cap_s=1.0, max_attempts=4))\nchat",
+                'reply = chat.send("stay with me")',
+            )
+        )
+        nb.run_cell(0)
+        nb.run_cell(1)
+        wait_length_above(nb, 20)
+        status = pane(nb).locator(".nbchat-status")
+        retry = pane(nb).locator(".nbchat-retry")
+
+        def wait_label(pattern: str) -> None:
+            nb.page.wait_for_function(
+                "([el, p]) => new RegExp(p).test(el.textContent)",
+                arg=[status.element_handle(), pattern],
+                timeout=3 * MS,
+            )
+
+        proxy.cut()  # the network drops; the gateway is still there
+        wait_label(r"^reconnecting \(attempt 1, next in \d+\.\d s\)$")
+        wait_label(r"^connected \(resumed after \d+\.\d s\)$")
+        wait_status(nb, "streaming")  # the reply goes on where it was
+
+        asyncio.run_coroutine_threadsafe(gateway.gateway.stop_listening(), gateway._loop).result(
+            TIMEOUT
+        )
+        wait_label("^offline$")  # four attempts, then it gives up
+        assert retry.is_visible()
+        assert "gave up after 4 attempts" in pane(nb).locator(".nbchat-error").inner_text()
+        asyncio.run_coroutine_threadsafe(gateway.gateway.start(), gateway._loop).result(TIMEOUT)
+        retry.click()
+        wait_label(r"^connected \(reconnected\)$")
+        assert not retry.is_visible()
+    finally:
+        proxy.close()
+        gateway.close()
