@@ -14,6 +14,7 @@ export interface MessageRecord {
   finish: Finish | null;
   error: string | null;
   reply_id: string | null;
+  reasoning: string | null;
   first_token_s: number | null;
   duration_s: number | null;
   tokens_per_s: number | null;
@@ -43,11 +44,13 @@ export interface ChunkMessage {
   reply: string;
   offset: number;
   text: string;
+  kind?: "reasoning";
 }
 export interface SnapshotMessage {
   type: "snapshot";
   reply: string;
   text: string;
+  kind?: "reasoning";
 }
 export type KernelMessage = ChunkMessage | SnapshotMessage;
 

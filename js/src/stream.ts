@@ -49,6 +49,7 @@ export class StreamText {
 /** A StreamText shared by all views of one model, telling them when it changes. */
 export class LiveStream {
   readonly text = new StreamText();
+  readonly reasoning = new StreamText();
   private readonly listeners = new Set<() => void>();
 
   subscribe(listener: () => void): () => void {
@@ -59,7 +60,8 @@ export class LiveStream {
   }
 
   apply(message: KernelMessage): ApplyResult {
-    const result = this.text.apply(message);
+    const target = message.kind === "reasoning" ? this.reasoning : this.text;
+    const result = target.apply(message);
     if (result === "applied") this.listeners.forEach((listener) => listener());
     return result;
   }

@@ -118,6 +118,7 @@ export function renderChat(model: AnyModel<ChatModel>, el: HTMLElement, stream: 
 
   const scroll = new AutoScroll();
   let liveBody: HTMLElement | null = null;
+  let liveReasoning: HTMLElement | null = null;
   let liveReply: string | null = null;
   let liveRendered = "";
 
@@ -130,6 +131,11 @@ export function renderChat(model: AnyModel<ChatModel>, el: HTMLElement, stream: 
     if (liveBody === null) return;
     const messages = model.get("messages");
     const record = messages.find((m) => m.reply_id === liveReply);
+    if (liveReasoning !== null) {
+      const thought = stream.reasoning.textFor(liveReply, record?.reasoning ?? "");
+      liveReasoning.textContent = thought;
+      (liveReasoning.parentElement as HTMLElement).hidden = !thought;
+    }
     const text = stream.text.textFor(liveReply, record?.content ?? "");
     if (text === liveRendered) return;
     liveRendered = text;
@@ -142,6 +148,7 @@ export function renderChat(model: AnyModel<ChatModel>, el: HTMLElement, stream: 
     const active = model.get("active");
     log.replaceChildren();
     liveBody = null;
+    liveReasoning = null;
     liveReply = null;
     liveRendered = "";
     for (const message of model.get("messages")) {
@@ -154,13 +161,25 @@ export function renderChat(model: AnyModel<ChatModel>, el: HTMLElement, stream: 
       const role = element("div", "nbchat-role");
       role.textContent = message.role === "user" ? "You" : (message.model ?? "assistant");
       const body = element("div", "nbchat-body");
+      item.append(role);
+      let reasoning: HTMLElement | null = null;
       if (message.role === "assistant") {
+        // Reasoning streamed apart from the answer: there, but folded away.
+        const details = element("details", "nbchat-reasoning");
+        const summary = element("summary", "");
+        summary.textContent = "Reasoning";
+        reasoning = element("div", "nbchat-reasoning-body");
+        reasoning.textContent = message.reasoning ?? "";
+        details.append(summary, reasoning);
+        details.hidden = !message.reasoning;
+        item.append(details);
         body.classList.add("nbchat-markdown");
         const live = state === "streaming" || state === "paused" || state === "pending";
         if (live) {
           body.setAttribute("aria-live", "polite");
           body.setAttribute("aria-busy", "true");
           liveBody = body;
+          liveReasoning = reasoning;
           liveReply = message.reply_id;
         } else {
           body.innerHTML = renderMarkdown(message.content);
@@ -169,7 +188,7 @@ export function renderChat(model: AnyModel<ChatModel>, el: HTMLElement, stream: 
       } else {
         body.textContent = message.content;
       }
-      item.append(role, body);
+      item.append(body);
       if (message.error) {
         const error = element("div", "nbchat-msg-error", { role: "alert" });
         error.textContent = message.error;

@@ -65,3 +65,14 @@ describe("isKernelMessage", () => {
     expect(isKernelMessage({ type: "other", reply: "r", text: "x" })).toBe(false);
   });
 });
+
+describe("LiveStream with reasoning", () => {
+  it("keeps reasoning apart from the answer", () => {
+    const live = new LiveStream();
+    live.apply({ type: "chunk", reply: "r", offset: 0, text: "thinking", kind: "reasoning" });
+    live.apply({ type: "chunk", reply: "r", offset: 0, text: "answer" });
+    live.apply({ type: "snapshot", reply: "r", text: "thinking more", kind: "reasoning" });
+    expect(live.reasoning.text).toBe("thinking more");
+    expect(live.text.text).toBe("answer");
+  });
+});

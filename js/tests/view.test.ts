@@ -6,7 +6,8 @@ import { messageStatus, statusLabel } from "../src/view";
 
 const reply = (over: Partial<MessageRecord>): MessageRecord => ({
   turn: 1, role: "assistant", content: "", model: "demo", finish: null, error: null,
-  reply_id: "r1", first_token_s: null, duration_s: null, tokens_per_s: null, ...over,
+  reply_id: "r1", reasoning: null, first_token_s: null, duration_s: null, tokens_per_s: null,
+  ...over,
 });
 
 describe("statusLabel", () => {

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from . import __version__
 from .gateway import Gateway
+from .gateway.config import ConfigError, load_models
 from .gateway.limits import GatewayLimits
 
 __all__ = ["main"]
@@ -28,6 +29,12 @@ def _parser() -> argparse.ArgumentParser:
         help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)",
     )
     serve.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 = any free)")
+    serve.add_argument(
+        "--config",
+        default=None,
+        help="models to offer, as TOML (default: $NBCHAT_CONFIG; without one: demo, "
+        "plus the OpenAI-compatible server's models when OPENAI_API_KEY is set)",
+    )
     serve.add_argument(
         "--token",
         default=os.environ.get("NBCHAT_TOKEN"),
@@ -69,11 +76,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _serve(host: str, port: int, token: str | None, limits: GatewayLimits) -> None:
-    gateway = Gateway(token=token, limits=limits)
+async def _serve(
+    host: str, port: int, token: str | None, limits: GatewayLimits, config: str | None
+) -> None:
+    models = await load_models(config, os.environ)
+    gateway = Gateway(models=models, token=token, limits=limits)
     await gateway.start(host, port)
     # One line on stdout says where to connect; scripts and tests read it.
     print(f"nbchat gateway listening on {gateway.url(host)}", flush=True)
+    print(f"nbchat gateway models: {', '.join(models)}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -94,7 +105,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 frames_per_s=args.frames_per_s,
                 max_frame_bytes=args.max_frame_bytes,
             )
-            asyncio.run(_serve(args.host, args.port, args.token, limits))
+            asyncio.run(_serve(args.host, args.port, args.token, limits, args.config))
+        except ConfigError as exc:
+            print(f"nbchat serve: {exc}", file=sys.stderr)
+            return 2
         except OSError as exc:
             print(f"nbchat serve: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
             return 1

@@ -57,6 +57,7 @@ class ConversationListener:
     def on_transcript(self) -> None: ...
     def on_reply_start(self, reply: Reply) -> None: ...
     def on_chunk(self, reply: Reply, text: str) -> None: ...
+    def on_reasoning(self, reply: Reply, text: str) -> None: ...
     def on_reply_status(self, reply: Reply) -> None: ...
 
 
@@ -300,8 +301,15 @@ class Conversation:
         reply, message = in_flight.reply, in_flight.message
         if isinstance(frame, Started):
             reply.model = message.model = frame.model
+        elif isinstance(frame, Delta) and frame.kind == "reasoning":
+            if message.first_token_s is None:
+                message.first_token_s = self._loop.time() - in_flight.sent_at
+            with self.lock:
+                message.reasoning = (message.reasoning or "") + frame.text
+            reply._append_reasoning(frame.text)
+            self.listener.on_reasoning(reply, frame.text)
         elif isinstance(frame, Delta):
-            if in_flight.chunks == 0:
+            if message.first_token_s is None:
                 message.first_token_s = self._loop.time() - in_flight.sent_at
             in_flight.chunks += 1
             with self.lock:
@@ -328,6 +336,12 @@ class Conversation:
         """After a resume gap: what the snapshot has beyond our text arrives as one
         chunk (our text is always a prefix of it), then its state applies."""
         reply, message = in_flight.reply, in_flight.message
+        more_reasoning = (frame.reasoning or "")[len(reply.reasoning) :]
+        if more_reasoning:
+            with self.lock:
+                message.reasoning = (message.reasoning or "") + more_reasoning
+            reply._append_reasoning(more_reasoning)
+            self.listener.on_reasoning(reply, more_reasoning)
         extra = frame.text[len(reply.text) :]
         if extra:
             in_flight.chunks += 1

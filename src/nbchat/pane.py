@@ -60,8 +60,9 @@ class StreamBatcher:
     batches and snapshots consistent with each other.
     """
 
-    def __init__(self, interval_s: float = 0.05) -> None:
+    def __init__(self, interval_s: float = 0.05, *, kind: str | None = None) -> None:
         self.interval_s = interval_s
+        self.kind = kind  # None for the answer; "reasoning" tags the messages
         self._lock = threading.Lock()
         self.reply: str | None = None
         self._text: list[str] = []  # everything received for the current reply
@@ -95,6 +96,8 @@ class StreamBatcher:
                 "offset": self._sent,
                 "text": text[self._sent :],
             }
+            if self.kind:
+                message["kind"] = self.kind
             self._sent = self._length
             self._last_take = now
             return message
@@ -106,7 +109,10 @@ class StreamBatcher:
             if self.reply is None:
                 return None
             text = "".join(self._text)[: self._sent]
-            return {"type": "snapshot", "reply": self.reply, "text": text}
+            snapshot = {"type": "snapshot", "reply": self.reply, "text": text}
+            if self.kind:
+                snapshot["kind"] = self.kind
+            return snapshot
 
     def end(self) -> None:
         with self._lock:

@@ -153,10 +153,14 @@ class Started:
 
 @dataclass(frozen=True)
 class Delta:
+    """Generated text. ``kind`` is absent for the answer, ``"reasoning"`` for reasoning
+    a model streams apart from it (kept out of the history)."""
+
     type: ClassVar[str] = "delta"
     seq: int
     reply: str
     text: str
+    kind: Literal["reasoning"] | None = None
 
 
 @dataclass(frozen=True)
@@ -206,6 +210,7 @@ class Snapshot:
     type: ClassVar[str] = "snapshot"
     reply: str
     text: str
+    reasoning: str | None = None
     paused: bool = False
     finish: FinishReason | None = None
     error: str | None = None

@@ -51,6 +51,7 @@ class Reply:
         self._control = control
         self._status: ReplyStatus = "pending"
         self._chunks: list[str] = []
+        self._reasoning: list[str] = []
         self._changed = threading.Condition()
         self._done: Future[Reply] = Future()
         self._waiters: list[Future[None]] = []
@@ -69,6 +70,12 @@ class Reply:
     def text(self) -> str:
         with self._changed:
             return "".join(self._chunks)
+
+    @property
+    def reasoning(self) -> str:
+        """Reasoning the model streamed apart from its answer ("" if none)."""
+        with self._changed:
+            return "".join(self._reasoning)
 
     @property
     def chunks(self) -> list[str]:
@@ -158,6 +165,13 @@ class Reply:
     def _append(self, text: str) -> None:
         with self._changed:
             self._chunks.append(text)
+            if self._status == "pending":
+                self._status = "streaming"
+            self._notify()
+
+    def _append_reasoning(self, text: str) -> None:
+        with self._changed:
+            self._reasoning.append(text)
             if self._status == "pending":
                 self._status = "streaming"
             self._notify()

@@ -27,7 +27,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from .protocol import (
     JSON,
@@ -125,8 +125,10 @@ class ReplyProgress:
     reply: str
     model: str
     state: ReplyState = ReplyState.STREAMING
-    text: list[str] = field(default_factory=list)  # everything generated so far
-    held: list[str] = field(default_factory=list)  # generated while paused, not yet sent
+    text: list[str] = field(default_factory=list)  # the answer generated so far
+    reasoning: list[str] = field(default_factory=list)  # reasoning generated so far
+    # Generated while paused and not yet sent, as (kind, text); kind None is the answer.
+    held: list[tuple[str | None, str]] = field(default_factory=list)
     held_done: Done | None = None  # the end, reached while paused
     last_seq: int = 0  # seq of this reply's latest event
     done: Done | None = None
@@ -136,18 +138,22 @@ class ReplyProgress:
     def full_text(self) -> str:
         return "".join(self.text)
 
+    def _sent(self, parts: list[str], kind: str | None) -> str:
+        held = sum(len(text) for k, text in self.held if k == kind)
+        full = "".join(parts)
+        return full[: len(full) - held]
+
     @property
     def sent_text(self) -> str:
-        """The text already sequenced (everything generated but what is held)."""
-        held = sum(len(h) for h in self.held)
-        full = self.full_text
-        return full[: len(full) - held]
+        """The answer already sequenced (everything generated but what is held)."""
+        return self._sent(self.text, None)
 
     def snapshot(self) -> Snapshot:
         done, error = self.done, self.error
         return Snapshot(
             reply=self.reply,
             text=self.sent_text,
+            reasoning=self._sent(self.reasoning, "reasoning") or None,
             paused=self.state is ReplyState.PAUSED,
             finish=done.finish if done else None,
             error=error.message if error else None,
@@ -231,18 +237,21 @@ class GatewaySession:
         self.replies[reply] = ReplyProgress(reply=reply, model=model)
         return [self._emit(Started(seq=self._next_seq(), reply=reply, model=model))]
 
-    def delta(self, reply: str, text: str) -> list[ServerFrame]:
-        """Record generated text; returns a delta unless the reply is paused."""
+    def delta(
+        self, reply: str, text: str, kind: Literal["reasoning"] | None = None
+    ) -> list[ServerFrame]:
+        """Record generated text (``kind="reasoning"`` for reasoning); returns a delta
+        unless the reply is paused."""
         progress = self._get(reply)
         if progress.state.finished:
             raise SessionError(f"reply {reply!r} has already finished")
         if not text:
             return []
-        progress.text.append(text)
+        (progress.reasoning if kind == "reasoning" else progress.text).append(text)
         if progress.state is ReplyState.PAUSED:
-            progress.held.append(text)
+            progress.held.append((kind, text))
             return []
-        return [self._emit(Delta(seq=self._next_seq(), reply=reply, text=text))]
+        return [self._emit(Delta(seq=self._next_seq(), reply=reply, text=text, kind=kind))]
 
     def pause(self, reply: str) -> list[ServerFrame]:
         progress = self._get(reply)
@@ -264,11 +273,25 @@ class GatewaySession:
         return events
 
     def _release_held(self, progress: ReplyProgress) -> list[ServerFrame]:
-        if not progress.held:
-            return []
-        text = "".join(progress.held)
+        """One delta per run of held text of the same kind, in the order generated."""
+        runs: list[tuple[str | None, list[str]]] = []
+        for kind, text in progress.held:
+            if runs and runs[-1][0] == kind:
+                runs[-1][1].append(text)
+            else:
+                runs.append((kind, [text]))
         progress.held.clear()
-        return [self._emit(Delta(seq=self._next_seq(), reply=progress.reply, text=text))]
+        return [
+            self._emit(
+                Delta(
+                    seq=self._next_seq(),
+                    reply=progress.reply,
+                    text="".join(parts),
+                    kind="reasoning" if kind == "reasoning" else None,
+                )
+            )
+            for kind, parts in runs
+        ]
 
     def finish(
         self,
@@ -338,6 +361,7 @@ class ReplyView:
     state: ReplyState = ReplyState.PENDING
     model: str | None = None
     parts: list[str] = field(default_factory=list)
+    reasoning_parts: list[str] = field(default_factory=list)
     finish: FinishReason | None = None
     error: str | None = None
     error_code: str | None = None
@@ -434,7 +458,7 @@ class ClientSession:
             if view.state is ReplyState.PENDING:
                 view.state = ReplyState.STREAMING
         elif isinstance(frame, Delta):
-            view.parts.append(frame.text)
+            (view.reasoning_parts if frame.kind == "reasoning" else view.parts).append(frame.text)
             if view.state is ReplyState.PENDING:
                 view.state = ReplyState.STREAMING
         elif isinstance(frame, Paused):
@@ -460,6 +484,7 @@ class ClientSession:
         if view is None:
             return
         view.parts = [frame.text] if frame.text else []
+        view.reasoning_parts = [frame.reasoning] if frame.reasoning else []
         if frame.finish is not None:
             view.finish, view.usage = frame.finish, frame.usage
             view.error, view.error_code = frame.error, frame.error_code

@@ -21,6 +21,7 @@ COLUMNS: Final = (
     "turn",
     "role",
     "content",
+    "reasoning",
     "model",
     "finish",
     "created_at",
@@ -53,6 +54,7 @@ class Message:
     usage: dict[str, Any] | None = None
     error: str | None = None
     reply_id: str | None = None
+    reasoning: str | None = None  # streamed apart from the answer; never sent back
 
     @property
     def tokens_per_s(self) -> float | None:

@@ -231,6 +231,7 @@ class _TraitBridge(ConversationListener):
     def __init__(self, chat: Chat) -> None:
         self.chat = chat
         self.batcher = StreamBatcher()
+        self.reasoning = StreamBatcher(kind="reasoning")
         self._flush_scheduled = False
 
     def on_status(self, status: ConnectionStatus, detail: str, error: str | None) -> None:
@@ -248,12 +249,22 @@ class _TraitBridge(ConversationListener):
 
     def on_reply_start(self, reply: Reply) -> None:
         self.batcher.begin(reply.id)
+        self.reasoning.begin(reply.id)
         self._set_active(reply)
 
     def on_chunk(self, reply: Reply, text: str) -> None:
         if self.chat.active.get("status") == "pending":
             self._set_active(reply)  # the first text: pending becomes streaming
         self.batcher.add(text)
+        self._schedule_flush()
+
+    def on_reasoning(self, reply: Reply, text: str) -> None:
+        if self.chat.active.get("status") == "pending":
+            self._set_active(reply)
+        self.reasoning.add(text)
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
         if not self._flush_scheduled:
             self._flush_scheduled = True
             loop = asyncio.get_running_loop()
@@ -261,15 +272,18 @@ class _TraitBridge(ConversationListener):
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        message = self.batcher.take(asyncio.get_running_loop().time())
-        if message is not None:
-            self.chat._push(message)
+        now = asyncio.get_running_loop().time()
+        for batcher in (self.reasoning, self.batcher):
+            message = batcher.take(now)
+            if message is not None:
+                self.chat._push(message)
 
     def on_reply_status(self, reply: Reply) -> None:
         if reply.finished:
             if reply.id == self.batcher.reply:
                 self._flush()  # the last text goes before the turn is rewritten
                 self.batcher.end()
+                self.reasoning.end()
             self.on_transcript()
             if self.chat.active.get("reply") == reply.id:
                 self.chat.active = {}
@@ -280,6 +294,7 @@ class _TraitBridge(ConversationListener):
         self.chat.active = {"reply": reply.id, "status": reply.status, "model": reply.model}
 
     def send_snapshot(self) -> None:
-        message = self.batcher.snapshot()
-        if message is not None:
-            self.chat._push(message)
+        for batcher in (self.reasoning, self.batcher):
+            message = batcher.snapshot()
+            if message is not None:
+                self.chat._push(message)

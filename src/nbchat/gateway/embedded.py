@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import os
 import secrets
 import threading
 from concurrent.futures import Future
 from typing import Final
 
+from .config import load_models
 from .server import Gateway
 
 __all__ = ["EmbeddedGateway", "shared_gateway"]
@@ -25,6 +27,7 @@ class EmbeddedGateway:
 
     def __init__(self, gateway: Gateway | None = None) -> None:
         self.gateway = gateway or Gateway(token=secrets.token_urlsafe(24))
+        self._configure = gateway is None  # a default gateway loads its models
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name="nbchat-gateway", daemon=True)
         self._closed = False
@@ -35,11 +38,15 @@ class EmbeddedGateway:
 
     def start(self) -> EmbeddedGateway:
         self._thread.start()
-        started: Future[None] = asyncio.run_coroutine_threadsafe(
-            self.gateway.start("127.0.0.1", 0), self._loop
-        )
+        started: Future[None] = asyncio.run_coroutine_threadsafe(self._start(), self._loop)
         started.result(timeout=START_TIMEOUT_S)
         return self
+
+    async def _start(self) -> None:
+        if self._configure:
+            # NBCHAT_CONFIG, or discovery from OPENAI_BASE_URL, as `nbchat serve` does.
+            self.gateway.models = await load_models(None, os.environ)
+        await self.gateway.start("127.0.0.1", 0)
 
     @property
     def url(self) -> str:

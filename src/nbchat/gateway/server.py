@@ -15,7 +15,7 @@ import json
 import logging
 import secrets
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, Final
 
@@ -42,7 +42,15 @@ from ..protocol import (
 )
 from ..session import GatewaySession, LogLimits, SessionError
 from .limits import FrameRate, GatewayLimits
-from .providers import DemoProvider, Finish, Provider, ProviderError, Request, TextChunk
+from .providers import (
+    DemoProvider,
+    Finish,
+    Provider,
+    ProviderError,
+    ReasoningChunk,
+    Request,
+    TextChunk,
+)
 
 __all__ = [
     "CHAT_PATH",
@@ -60,10 +68,14 @@ CHAT_PATH: Final = "/v1/chat"
 
 @dataclass(frozen=True)
 class ModelRoute:
-    """Where a model name shown to users is served: a provider and its own model name."""
+    """Where a model name shown to users is served: a provider, its own name for the
+    model, default params (a request's own win), and the environment variable that
+    should hold its key when it is not set."""
 
     provider: Provider
     upstream: str
+    params: dict[str, Any] = field(default_factory=dict)
+    missing_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -253,7 +265,16 @@ class Gateway:
             )
             live.emit(live.state.finish(frame.reply, "error", error=error))
             return
-        request = Request(messages=frame.messages, model=route.upstream, params=frame.params)
+        if route.missing_key is not None:
+            error = Error(
+                code="unauthorized",
+                message=f"set the environment variable {route.missing_key} where the gateway "
+                f"runs to use model {frame.model!r}",
+            )
+            live.emit(live.state.finish(frame.reply, "error", error=error))
+            return
+        params = {**route.params, **frame.params}
+        request = Request(messages=frame.messages, model=route.upstream, params=params)
         task = asyncio.create_task(self._generate(live, frame.reply, route.provider, request))
         live.tasks[frame.reply] = task
         task.add_done_callback(lambda _: live.tasks.pop(frame.reply, None))
@@ -270,9 +291,12 @@ class Gateway:
 
         try:
             async for item in provider.stream(request):
-                if isinstance(item, TextChunk):
+                if isinstance(item, (TextChunk, ReasoningChunk)):
                     timing.setdefault("first_token_s", round(loop.time() - began, 6))
-                    live.emit(live.state.delta(reply, item.text))
+                    if isinstance(item, ReasoningChunk):
+                        live.emit(live.state.delta(reply, item.text, "reasoning"))
+                    else:
+                        live.emit(live.state.delta(reply, item.text))
                 elif isinstance(item, Finish):
                     live.emit(
                         live.state.finish(reply, item.reason, usage=item.usage, timing=elapsed())

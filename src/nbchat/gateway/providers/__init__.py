@@ -1,6 +1,14 @@
 """Providers: the things behind the gateway that generate replies."""
 
-from .base import Finish, Provider, ProviderError, Request, TextChunk
+from .base import Finish, Provider, ProviderError, ReasoningChunk, Request, TextChunk
 from .demo import DemoProvider
 
-__all__ = ["DemoProvider", "Finish", "Provider", "ProviderError", "Request", "TextChunk"]
+__all__ = [
+    "DemoProvider",
+    "Finish",
+    "Provider",
+    "ProviderError",
+    "ReasoningChunk",
+    "Request",
+    "TextChunk",
+]

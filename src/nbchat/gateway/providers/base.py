@@ -8,13 +8,29 @@ response does that). Failures are raised as :class:`ProviderError` with a protoc
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from ...backoff import Backoff
 from ...protocol import ChatMessage, FinishReason
 
-__all__ = ["Finish", "Provider", "ProviderError", "Request", "TextChunk"]
+__all__ = [
+    "Finish",
+    "Provider",
+    "ProviderError",
+    "ReasoningChunk",
+    "Request",
+    "TextChunk",
+    "first_item_within",
+    "open_with_retries",
+    "redact",
+    "status_error",
+]
+
+RETRY_BACKOFF = Backoff(initial_s=0.25, cap_s=2.0)
 
 
 @dataclass(frozen=True)
@@ -26,6 +42,13 @@ class Request:
 
 @dataclass(frozen=True)
 class TextChunk:
+    text: str
+
+
+@dataclass(frozen=True)
+class ReasoningChunk:
+    """Reasoning a model streams apart from its answer (kept out of the history)."""
+
     text: str
 
 
@@ -53,6 +76,75 @@ class Provider(Protocol):
         """Model names this provider serves (as the provider knows them)."""
         ...
 
-    def stream(self, request: Request) -> AsyncIterator[TextChunk | Finish]:
-        """Yield text chunks, then exactly one :class:`Finish`."""
+    def stream(self, request: Request) -> AsyncIterator[TextChunk | ReasoningChunk | Finish]:
+        """Yield text (and reasoning) chunks, then exactly one :class:`Finish`."""
         ...
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with every secret replaced: provider messages can quote a key."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "[redacted]")
+    return text
+
+
+def status_error(
+    label: str, status: int, headers: Mapping[str, str], message: str, secrets: Iterable[str]
+) -> ProviderError:
+    """The error a user sees for an HTTP error status from a provider."""
+    detail = f": {message}" if message else ""
+    if status in (401, 403):
+        error = ProviderError(
+            "unauthorized", f"{label} refused the API key (HTTP {status}){detail}"
+        )
+    elif status == 404:
+        error = ProviderError(
+            "unknown_model", f"{label} does not know this model (HTTP 404){detail}"
+        )
+    elif status == 429:
+        after = headers.get("retry-after")
+        wait = f"; retry after {after} s" if after else ""
+        error = ProviderError("rate_limited", f"{label} is rate limiting (HTTP 429){wait}{detail}")
+    elif status in (400, 422):
+        error = ProviderError(
+            "bad_request", f"{label} rejected the request (HTTP {status}){detail}"
+        )
+    else:
+        error = ProviderError("upstream_error", f"{label} failed (HTTP {status}){detail}")
+    error.message = redact(error.message, secrets)
+    error.args = (error.message,)
+    return error
+
+
+async def open_with_retries(
+    open_stream: Callable[[], Awaitable[Any]],
+    *,
+    retries: int,
+    is_connection_error: Callable[[Exception], bool],
+    backoff: Backoff = RETRY_BACKOFF,
+) -> Any:
+    """Open a stream, retrying connection failures ``retries`` times with backoff.
+    Safe because nothing was generated yet; any other failure is raised at once. The
+    last connection failure is raised with ``attempts`` set on it."""
+    rng = random.Random()
+    attempt = 0
+    while True:
+        try:
+            return await open_stream()
+        except Exception as exc:
+            attempt += 1
+            if not is_connection_error(exc) or attempt > retries:
+                exc.attempts = attempt  # type: ignore[attr-defined]
+                raise
+            await asyncio.sleep(backoff.delay(attempt, rng))
+
+
+async def first_item_within(iterator: AsyncIterator[Any], timeout_s: float, label: str) -> Any:
+    """The iterator's next item, or a :class:`ProviderError` if none came in time."""
+    try:
+        return await asyncio.wait_for(iterator.__anext__(), timeout_s)
+    except TimeoutError:
+        raise ProviderError(
+            "upstream_error", f"{label} sent no first token within {timeout_s:g} s"
+        ) from None

@@ -1,0 +1,145 @@
+"""Anthropic's Messages API, streamed through the official ``anthropic`` SDK.
+
+The second real protocol behind the same provider interface: named SSE events instead
+of chunks, the system prompt apart from the messages, ``max_tokens`` required, and
+``thinking`` blocks that come out as :class:`ReasoningChunk`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any, cast
+
+import anthropic
+from anthropic import AsyncAnthropic
+from anthropic.types import MessageParam
+
+from ...protocol import FinishReason
+from .base import (
+    Finish,
+    ProviderError,
+    ReasoningChunk,
+    Request,
+    TextChunk,
+    first_item_within,
+    open_with_retries,
+    redact,
+    status_error,
+)
+
+__all__ = ["AnthropicProvider"]
+
+DEFAULT_MAX_TOKENS = 1024  # the API requires one
+PASSED_PARAMS = ("temperature", "top_p", "top_k", "max_tokens", "stop", "thinking")
+
+
+class AnthropicProvider:
+    """Streams messages from Anthropic (or a server speaking its API at ``base_url``)."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str | None,
+        api_key: str | None,
+        label: str = "anthropic",
+        first_token_timeout_s: float = 60.0,
+        connect_retries: int = 2,
+    ) -> None:
+        self.base_url = base_url
+        self.label = label
+        self.first_token_timeout_s = first_token_timeout_s
+        self.connect_retries = connect_retries
+        self._api_key = api_key
+        self._client = AsyncAnthropic(api_key=api_key or "none", base_url=base_url, max_retries=0)
+
+    def models(self) -> list[str]:
+        return []
+
+    async def stream(self, request: Request) -> AsyncIterator[TextChunk | ReasoningChunk | Finish]:
+        unknown = set(request.params) - set(PASSED_PARAMS)
+        if unknown:
+            raise ProviderError(
+                "bad_request",
+                f"unknown params {', '.join(sorted(unknown))}; "
+                f"{self.label} takes {', '.join(PASSED_PARAMS)}",
+            )
+        params = dict(request.params)
+        if "stop" in params:  # the common name, in Anthropic's spelling
+            stop = params.pop("stop")
+            params["stop_sequences"] = [stop] if isinstance(stop, str) else stop
+        system = "\n\n".join(m.content for m in request.messages if m.role == "system")
+        messages = [
+            {"role": m.role, "content": m.content} for m in request.messages if m.role != "system"
+        ]
+        try:
+            stream = await open_with_retries(
+                lambda: self._client.messages.create(
+                    model=request.model,
+                    max_tokens=int(params.pop("max_tokens", DEFAULT_MAX_TOKENS)),
+                    messages=cast("list[MessageParam]", messages),
+                    stream=True,
+                    system=system or anthropic.omit,
+                    extra_body=params or None,
+                ),
+                retries=self.connect_retries,
+                is_connection_error=lambda e: isinstance(e, anthropic.APIConnectionError),
+            )
+        except anthropic.APIError as exc:
+            raise self._error(exc, attempts=getattr(exc, "attempts", 1)) from None
+        finish: FinishReason = "stop"
+        usage: dict[str, Any] = {}
+        events = stream.__aiter__()
+        first = True
+        try:
+            while True:
+                try:
+                    event = await (
+                        first_item_within(events, self.first_token_timeout_s, self.label)
+                        if first
+                        else events.__anext__()
+                    )
+                except StopAsyncIteration:
+                    break
+                if event.type == "message_start":
+                    usage["prompt_tokens"] = event.message.usage.input_tokens
+                elif event.type == "content_block_delta":
+                    if event.delta.type == "text_delta":
+                        first = False
+                        yield TextChunk(event.delta.text)
+                    elif event.delta.type == "thinking_delta":
+                        first = False
+                        yield ReasoningChunk(event.delta.thinking)
+                elif event.type == "message_delta":
+                    usage["completion_tokens"] = event.usage.output_tokens
+                    if event.delta.stop_reason == "max_tokens":
+                        finish = "length"
+        except anthropic.APIError as exc:
+            raise self._error(exc) from None
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ProviderError(
+                "upstream_error", f"{self.label} sent a malformed stream: {type(exc).__name__}"
+            ) from None
+        finally:
+            await stream.close()  # on stop too: closing the response aborts upstream
+        if "prompt_tokens" in usage and "completion_tokens" in usage:
+            usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        yield Finish(finish, usage=usage or None)
+
+    def _error(self, exc: anthropic.APIError, attempts: int = 1) -> ProviderError:
+        secrets = [self._api_key] if self._api_key else []
+        where = self.base_url or "the Anthropic API"
+        if isinstance(exc, anthropic.APITimeoutError):
+            return ProviderError("upstream_error", f"{self.label} timed out at {where}")
+        if isinstance(exc, anthropic.APIConnectionError):
+            tries = f" ({attempts} attempts)" if attempts > 1 else ""
+            cause = exc.__cause__ or exc
+            return ProviderError(
+                "upstream_error",
+                redact(f"cannot connect to {self.label} at {where}{tries}: {cause}", secrets),
+            )
+        if isinstance(exc, anthropic.APIStatusError):
+            body = exc.body if isinstance(exc.body, dict) else {}
+            error = body.get("error", {}) if isinstance(body.get("error"), dict) else {}
+            message = str(error.get("message", exc.message))
+            return status_error(self.label, exc.status_code, exc.response.headers, message, secrets)
+        return ProviderError("upstream_error", redact(f"{self.label} failed: {exc}", secrets))

@@ -1,0 +1,176 @@
+"""Any OpenAI-compatible chat completions server, through the official ``openai`` SDK:
+OpenAI, DeepSeek, Ollama, vLLM, llama.cpp's server, LM Studio, OpenRouter.
+
+Streams with ``stream_options.include_usage`` so the last chunk carries token usage.
+Reasoning that some servers stream apart from the answer (DeepSeek's
+``reasoning_content``; ``reasoning`` on OpenRouter, vLLM and Ollama) comes out as
+:class:`ReasoningChunk`. Connection failures before the first token are retried with
+backoff a bounded number of times; after the first token nothing is retried.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any, cast
+
+import openai
+from openai import AsyncOpenAI
+from openai.types.chat import ChatCompletionMessageParam
+
+from ...protocol import FinishReason
+from .base import (
+    Finish,
+    ProviderError,
+    ReasoningChunk,
+    Request,
+    TextChunk,
+    first_item_within,
+    open_with_retries,
+    redact,
+    status_error,
+)
+
+__all__ = ["OpenAICompatProvider"]
+
+# Params passed through to the server as they are; others are refused.
+PASSED_PARAMS = (
+    "temperature",
+    "top_p",
+    "max_tokens",
+    "seed",
+    "stop",
+    "presence_penalty",
+    "frequency_penalty",
+    "response_format",
+    "reasoning_effort",
+)
+
+
+class OpenAICompatProvider:
+    """Streams chat completions from ``base_url`` (the SDK's default when None)."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str | None,
+        api_key: str | None,
+        label: str = "openai",
+        first_token_timeout_s: float = 60.0,
+        connect_retries: int = 2,
+    ) -> None:
+        self.base_url = base_url
+        self.label = label
+        self.first_token_timeout_s = first_token_timeout_s
+        self.connect_retries = connect_retries
+        self._api_key = api_key
+        # The SDK's own retries are off: this provider decides what is retried.
+        self._client = AsyncOpenAI(api_key=api_key or "none", base_url=base_url, max_retries=0)
+
+    @property
+    def where(self) -> str:
+        return self.base_url or "the OpenAI API"
+
+    def models(self) -> list[str]:
+        return []  # configured per model; see list_models() for discovery
+
+    async def list_models(self) -> list[str]:
+        """The model ids the server lists (``GET /models``)."""
+        try:
+            page = await self._client.models.list()
+        except openai.APIError as exc:
+            raise self._error(exc) from None
+        return sorted(model.id for model in page.data)
+
+    async def stream(self, request: Request) -> AsyncIterator[TextChunk | ReasoningChunk | Finish]:
+        unknown = set(request.params) - set(PASSED_PARAMS)
+        if unknown:
+            raise ProviderError(
+                "bad_request",
+                f"unknown params {', '.join(sorted(unknown))}; "
+                f"{self.label} takes {', '.join(PASSED_PARAMS)}",
+            )
+        stream = await self._open(request)
+        finish: FinishReason = "stop"
+        usage: dict[str, Any] | None = None
+        chunks = stream.__aiter__()
+        first = True
+        try:
+            while True:
+                try:
+                    if first:
+                        chunk = await first_item_within(
+                            chunks, self.first_token_timeout_s, self.label
+                        )
+                    else:
+                        chunk = await chunks.__anext__()
+                except StopAsyncIteration:
+                    break
+                if chunk.usage is not None:
+                    usage = chunk.usage.model_dump(exclude_none=True)
+                for choice in chunk.choices:
+                    delta = choice.delta
+                    extra = delta.model_extra or {}
+                    reasoning = extra.get("reasoning_content") or extra.get("reasoning")
+                    if isinstance(reasoning, str) and reasoning:
+                        first = False
+                        yield ReasoningChunk(reasoning)
+                    if delta.content:
+                        first = False
+                        yield TextChunk(delta.content)
+                    if choice.finish_reason == "length":
+                        finish = "length"
+        except openai.APIError as exc:
+            raise self._error(exc) from None
+        except ProviderError:
+            raise
+        except (ValueError, KeyError, TypeError) as exc:  # what a broken stream raises
+            raise ProviderError(
+                "upstream_error", f"{self.label} sent a malformed stream: {type(exc).__name__}"
+            ) from None
+        finally:
+            await stream.close()  # on stop too: closing the response aborts upstream
+        yield Finish(finish, usage=usage)
+
+    async def _open(self, request: Request) -> Any:
+        messages = [{"role": m.role, "content": m.content} for m in request.messages]
+        try:
+            return await open_with_retries(
+                lambda: self._client.chat.completions.create(
+                    model=request.model,
+                    messages=cast("list[ChatCompletionMessageParam]", messages),
+                    stream=True,
+                    stream_options={"include_usage": True},
+                    # Passed through as they are, into the request body.
+                    extra_body=dict(request.params) or None,
+                ),
+                retries=self.connect_retries,
+                is_connection_error=lambda e: isinstance(e, openai.APIConnectionError),
+            )
+        except openai.APIError as exc:
+            raise self._error(exc, attempts=getattr(exc, "attempts", 1)) from None
+
+    def _error(self, exc: openai.APIError, attempts: int = 1) -> ProviderError:
+        secrets = [self._api_key] if self._api_key else []
+        if isinstance(exc, openai.APITimeoutError):
+            return ProviderError("upstream_error", f"{self.label} timed out at {self.where}")
+        if isinstance(exc, openai.APIConnectionError):
+            tries = f" ({attempts} attempts)" if attempts > 1 else ""
+            cause = exc.__cause__ or exc
+            return ProviderError(
+                "upstream_error",
+                redact(f"cannot connect to {self.label} at {self.where}{tries}: {cause}", secrets),
+            )
+        if isinstance(exc, openai.APIStatusError):
+            return status_error(
+                self.label, exc.status_code, exc.response.headers, _message_of(exc), secrets
+            )
+        return ProviderError("upstream_error", redact(f"{self.label} failed: {exc}", secrets))
+
+
+def _message_of(exc: openai.APIStatusError) -> str:
+    body = exc.body
+    if isinstance(body, dict):
+        error = body.get("error", body)
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return str(error["message"])
+    return str(exc.message)

@@ -1,0 +1,165 @@
+"""A local HTTP server on loopback that plays the recorded provider streams in
+tests/fixtures/providers/ to the real SDKs, and misbehaves on request.
+
+The model named in a request picks the answer: a recording (see ``RECORDINGS``), a long
+stream for stop tests, or a failure (``FAILURES``). Every request is kept, with its
+headers, so tests can check what the SDK sent.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+FIXTURES = Path(__file__).parent / "fixtures" / "providers"
+RECORDINGS = {
+    "gpt-4o-mini": "openai_chat.sse",
+    "deepseek-reasoner": "deepseek_reasoner.sse",
+    "llama3.2": "ollama.sse",
+    "Qwen/Qwen2.5-1.5B-Instruct": "vllm.sse",
+    "claude-sonnet-4-6": "anthropic_messages.sse",
+}
+
+
+def _error_body(message: str, kind: str) -> bytes:
+    return json.dumps({"error": {"message": message, "type": kind, "code": None}}).encode()
+
+
+@dataclass
+class Replay:
+    event_delay_s: float = 0.005  # between events, so streams take time like real ones
+    drop_connections: int = 0  # the next N requests are cut before any answer
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    disconnected_at: list[float] = field(default_factory=list)  # client went away mid-stream
+
+    def start(self) -> Replay:
+        replay = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:  # quiet
+                pass
+
+            def do_GET(self) -> None:
+                replay.requests.append({"path": self.path, "headers": dict(self.headers)})
+                models = [{"id": m, "object": "model", "owned_by": "replay"} for m in RECORDINGS]
+                self._json(200, {"object": "list", "data": models})
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                replay.requests.append(
+                    {"path": self.path, "headers": dict(self.headers), "body": body}
+                )
+                if replay.drop_connections > 0:
+                    replay.drop_connections -= 1
+                    self.close_connection = True
+                    self.connection.close()  # no status line at all: a connection error
+                    return
+                replay.answer(self, body)
+
+            def _json(self, status: int, data: Any, headers: dict[str, str] | None = None) -> None:
+                payload = json.dumps(data).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(payload)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    # --- answers --------------------------------------------------------------------
+
+    def answer(self, handler: BaseHTTPRequestHandler, body: dict[str, Any]) -> None:
+        model = body.get("model", "")
+        key = handler.headers.get("Authorization", "").removeprefix(
+            "Bearer "
+        ) or handler.headers.get("x-api-key", "")
+        failure = FAILURES.get(model)
+        if failure is not None:
+            status, message, headers = failure
+            payload = _error_body(message.format(key=key, model=model), "invalid_request_error")
+            handler.send_response(status)
+            handler.send_header("Content-Type", "application/json")
+            handler.send_header("Content-Length", str(len(payload)))
+            for name, value in headers.items():
+                handler.send_header(name, value)
+            handler.end_headers()
+            handler.wfile.write(payload)
+            return
+        if model == "silent":
+            self._stream(handler, [], hold_s=30)
+        elif model == "malformed":
+            self._stream(handler, ['data: {"id":"x","object":"chat.completion.chunk","choi\n\n'])
+        elif model == "long":
+            self._stream(handler, [_openai_chunk(f" word{i}") for i in range(2000)])
+        elif model in RECORDINGS:
+            text = (FIXTURES / RECORDINGS[model]).read_text()
+            self._stream(handler, [e + "\n\n" for e in text.split("\n\n") if e.strip()])
+        else:
+            payload = _error_body(f"The model `{model}` does not exist", "not_found_error")
+            handler.send_response(404)
+            handler.send_header("Content-Type", "application/json")
+            handler.send_header("Content-Length", str(len(payload)))
+            handler.end_headers()
+            handler.wfile.write(payload)
+
+    def _stream(
+        self, handler: BaseHTTPRequestHandler, events: list[str], hold_s: float = 0.0
+    ) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Type", "text/event-stream")
+        handler.send_header("Cache-Control", "no-cache")
+        handler.send_header("Connection", "close")
+        handler.end_headers()
+        handler.close_connection = True
+        try:
+            handler.wfile.flush()
+            time.sleep(hold_s)
+            for event in events:
+                handler.wfile.write(event.encode())
+                handler.wfile.flush()
+                time.sleep(self.event_delay_s)
+        except (BrokenPipeError, ConnectionResetError):
+            self.disconnected_at.append(time.monotonic())
+
+
+def _openai_chunk(text: str) -> str:
+    chunk = {
+        "id": "chatcmpl-long",
+        "object": "chat.completion.chunk",
+        "created": 1763700000,
+        "model": "long",
+        "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}],
+    }
+    return f"data: {json.dumps(chunk)}\n\n"
+
+
+# model -> (status, message, extra headers). {key} is the API key the request carried:
+# real services quote (part of) it back, which is what the redaction must catch.
+FAILURES: dict[str, tuple[int, str, dict[str, str]]] = {
+    "bad-key": (401, "Incorrect API key provided: {key}. You can find your key in settings.", {}),
+    "no-access": (403, "Project does not have access to model {model}", {}),
+    "missing-model": (404, "The model `{model}` does not exist", {}),
+    "busy-model": (429, "Rate limit reached for requests", {"Retry-After": "7"}),
+    "broken-model": (503, "The server is overloaded", {}),
+}
