@@ -16,8 +16,8 @@ import pytest
 from nbchat import Chat
 from nbchat.gateway import EmbeddedGateway, Gateway
 from nbchat.gateway.config import ConfigError, load_models, read_config
-from replay_server import Replay
 
+from replay_server import Replay
 from timeouts import TIMEOUT
 
 SECRET = "sk-test-0123456789-SECRET-abcdef"

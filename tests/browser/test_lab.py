@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from nbchat.gateway import EmbeddedGateway, Gateway
 
 from conftest import ARTIFACTS, LabServer, Notebook
 from faults import FaultyProxy
+from replay_server import Replay
 from timeouts import TIMEOUT
 
 pytestmark = pytest.mark.browser
@@ -342,3 +344,42 @@ def test_the_pane_shows_reconnecting_resumed_and_offline(
     finally:
         proxy.close()
         gateway.close()
+
+
+def test_reasoning_shows_folded_away_above_the_answer(
+    open_notebook: Opener, lab: LabServer, tmp_path: Path
+) -> None:
+    replay = Replay().start()
+    config = tmp_path / "nbchat.toml"
+    config.write_text(
+        f'[[models]]\nname = "deepseek"\nprovider = "openai-compatible"\n'
+        f'model = "deepseek-reasoner"\nbase_url = "{replay.base_url}"\n'
+    )
+    try:
+        nb = open_notebook(
+            lab.notebook(
+                "reasoning.ipynb",
+                "import os\nfrom nbchat import Chat\nfrom nbchat.gateway import EmbeddedGateway, "
+                "Gateway\nfrom nbchat.gateway.config import load_models\n"
+                f"models = await load_models({str(config)!r}, os.environ)\n"
+                "gateway = EmbeddedGateway(Gateway(models=models)).start()\n"
+                "chat = Chat(url=gateway.url, model='deepseek')\nchat",
+                'chat.send("Which is smaller, 9.11 or 9.8?").wait().reasoning',
+            )
+        )
+        nb.run_cell(0)
+        nb.run_cell(1)
+        nb.wait_output(1, "Compare the decimals")
+        wait_status(nb, "done")
+        details = last_reply(nb).locator("details.nbchat-reasoning")
+        assert details.is_visible()
+        assert details.get_attribute("open") is None  # folded away
+        assert last_reply(nb).locator(".nbchat-body").inner_text().strip() == (
+            "9.11 is smaller than 9.8."
+        )
+        details.locator("summary").click()
+        assert details.locator(".nbchat-reasoning-body").inner_text() == (
+            "Compare the decimals: 0.11 < 0.8."
+        )
+    finally:
+        replay.close()
