@@ -110,6 +110,8 @@ class Replay:
             self._stream(handler, [], hold_s=30)
         elif model == "malformed":
             self._stream(handler, ['data: {"id":"x","object":"chat.completion.chunk","choi\n\n'])
+        elif model == "cut-mid-stream":  # a few tokens, then the connection just ends
+            self._stream(handler, [_openai_chunk(f" word{i}") for i in range(3)])
         elif model == "long":
             self._stream(handler, [_openai_chunk(f" word{i}") for i in range(2000)])
         elif model in RECORDINGS:

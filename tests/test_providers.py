@@ -59,6 +59,7 @@ base_url = "{anthropic}"
 api_key_env = "NBCHAT_TEST_ANTHROPIC_KEY"
 """
 FAILING = [
+    "cut-mid-stream",
     "bad-key",
     "no-access",
     "missing-model",
@@ -270,6 +271,17 @@ def test_connection_failures_before_the_first_token_are_retried(
     with chat(gateway, "ollama") as c:
         assert c.send("hi").wait(TIMEOUT).text == "Hello! How can I help?"
     assert len(replay.requests) == 3
+
+
+def test_a_stream_cut_after_the_first_token_is_an_error_not_retried(
+    gateway: EmbeddedGateway, replay: Replay
+) -> None:
+    with chat(gateway, "cut-mid-stream") as c:
+        reply = c.send("hi").wait(TIMEOUT)
+    assert reply.text == " word0 word1 word2"  # the partial text stays
+    assert (reply.status, reply.error_code) == ("error", "upstream_error")
+    assert reply.error == "openai-compatible's stream ended before the reply was complete"
+    assert len(replay.requests) == 1  # never silently retried
 
 
 def test_connection_refused_gives_up_after_bounded_retries(tmp_path: Path) -> None:

@@ -87,6 +87,7 @@ class AnthropicProvider:
         except anthropic.APIError as exc:
             raise self._error(exc, attempts=getattr(exc, "attempts", 1)) from None
         finish: FinishReason = "stop"
+        finished = False  # a complete stream ends with message_stop
         usage: dict[str, Any] = {}
         events = stream.__aiter__()
         first = True
@@ -109,6 +110,8 @@ class AnthropicProvider:
                     elif event.delta.type == "thinking_delta":
                         first = False
                         yield ReasoningChunk(event.delta.thinking)
+                elif event.type == "message_stop":
+                    finished = True
                 elif event.type == "message_delta":
                     usage["completion_tokens"] = event.usage.output_tokens
                     if event.delta.stop_reason == "max_tokens":
@@ -121,6 +124,10 @@ class AnthropicProvider:
             ) from None
         finally:
             await stream.close()  # on stop too: closing the response aborts upstream
+        if not finished:
+            raise ProviderError(
+                "upstream_error", f"{self.label}'s stream ended before the reply was complete"
+            )
         if "prompt_tokens" in usage and "completion_tokens" in usage:
             usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         yield Finish(finish, usage=usage or None)

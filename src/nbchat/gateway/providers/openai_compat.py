@@ -91,6 +91,7 @@ class OpenAICompatProvider:
             )
         stream = await self._open(request)
         finish: FinishReason = "stop"
+        finished = False  # a complete stream always names a finish_reason
         usage: dict[str, Any] | None = None
         chunks = stream.__aiter__()
         first = True
@@ -117,6 +118,8 @@ class OpenAICompatProvider:
                     if delta.content:
                         first = False
                         yield TextChunk(delta.content)
+                    if choice.finish_reason is not None:
+                        finished = True
                     if choice.finish_reason == "length":
                         finish = "length"
         except openai.APIError as exc:
@@ -129,6 +132,11 @@ class OpenAICompatProvider:
             ) from None
         finally:
             await stream.close()  # on stop too: closing the response aborts upstream
+        if not finished:
+            # Cut off mid-reply: the partial text stays, and it is not retried.
+            raise ProviderError(
+                "upstream_error", f"{self.label}'s stream ended before the reply was complete"
+            )
         yield Finish(finish, usage=usage)
 
     async def _open(self, request: Request) -> Any:
