@@ -250,27 +250,8 @@ class Gateway:
             return
         live.emit(live.state.start(frame.reply, frame.model))
         route = self.models.get(frame.model)
-        if len(live.tasks) >= self.limits.replies_per_session:
-            error = Error(
-                code="busy",
-                message=f"this session has {len(live.tasks)} replies in flight already "
-                f"(the limit is {self.limits.replies_per_session}); wait for one to end",
-            )
-            live.emit(live.state.finish(frame.reply, "error", error=error))
-            return
-        if route is None:
-            known = ", ".join(sorted(self.models)) or "none"
-            error = Error(
-                code="unknown_model", message=f"unknown model {frame.model!r}; available: {known}"
-            )
-            live.emit(live.state.finish(frame.reply, "error", error=error))
-            return
-        if route.missing_key is not None:
-            error = Error(
-                code="unauthorized",
-                message=f"set the environment variable {route.missing_key} where the gateway "
-                f"runs to use model {frame.model!r}",
-            )
+        error = self._refusal(live, frame, route)
+        if error is not None or route is None:
             live.emit(live.state.finish(frame.reply, "error", error=error))
             return
         params = {**route.params, **frame.params}
@@ -278,6 +259,27 @@ class Gateway:
         task = asyncio.create_task(self._generate(live, frame.reply, route.provider, request))
         live.tasks[frame.reply] = task
         task.add_done_callback(lambda _: live.tasks.pop(frame.reply, None))
+
+    def _refusal(self, live: LiveSession, frame: Start, route: ModelRoute | None) -> Error | None:
+        """Why a reply that was started cannot run, if it cannot."""
+        if len(live.tasks) >= self.limits.replies_per_session:
+            return Error(
+                code="busy",
+                message=f"this session has {len(live.tasks)} replies in flight already "
+                f"(the limit is {self.limits.replies_per_session}); wait for one to end",
+            )
+        if route is None:
+            known = ", ".join(sorted(self.models)) or "none"
+            return Error(
+                code="unknown_model", message=f"unknown model {frame.model!r}; available: {known}"
+            )
+        if route.missing_key is not None:
+            return Error(
+                code="unauthorized",
+                message=f"set the environment variable {route.missing_key} where the gateway "
+                f"runs to use model {frame.model!r}",
+            )
+        return None
 
     async def _generate(
         self, live: LiveSession, reply: str, provider: Provider, request: Request

@@ -21,10 +21,10 @@ from .base import (
     ReasoningChunk,
     Request,
     TextChunk,
+    check_params,
     first_item_within,
     open_with_retries,
-    redact,
-    status_error,
+    sdk_error,
 )
 
 __all__ = ["AnthropicProvider"]
@@ -56,13 +56,7 @@ class AnthropicProvider:
         return []
 
     async def stream(self, request: Request) -> AsyncIterator[TextChunk | ReasoningChunk | Finish]:
-        unknown = set(request.params) - set(PASSED_PARAMS)
-        if unknown:
-            raise ProviderError(
-                "bad_request",
-                f"unknown params {', '.join(sorted(unknown))}; "
-                f"{self.label} takes {', '.join(PASSED_PARAMS)}",
-            )
+        check_params(request.params, PASSED_PARAMS, self.label)
         params = dict(request.params)
         if "stop" in params:  # the common name, in Anthropic's spelling
             stop = params.pop("stop")
@@ -85,7 +79,7 @@ class AnthropicProvider:
                 is_connection_error=lambda e: isinstance(e, anthropic.APIConnectionError),
             )
         except anthropic.APIError as exc:
-            raise self._error(exc, attempts=getattr(exc, "attempts", 1)) from None
+            raise self._error(exc) from None
         finish: FinishReason = "stop"
         finished = False  # a complete stream ends with message_stop
         usage: dict[str, Any] = {}
@@ -132,21 +126,7 @@ class AnthropicProvider:
             usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         yield Finish(finish, usage=usage or None)
 
-    def _error(self, exc: anthropic.APIError, attempts: int = 1) -> ProviderError:
+    def _error(self, exc: anthropic.APIError) -> ProviderError:
         secrets = [self._api_key] if self._api_key else []
         where = self.base_url or "the Anthropic API"
-        if isinstance(exc, anthropic.APITimeoutError):
-            return ProviderError("upstream_error", f"{self.label} timed out at {where}")
-        if isinstance(exc, anthropic.APIConnectionError):
-            tries = f" ({attempts} attempts)" if attempts > 1 else ""
-            cause = exc.__cause__ or exc
-            return ProviderError(
-                "upstream_error",
-                redact(f"cannot connect to {self.label} at {where}{tries}: {cause}", secrets),
-            )
-        if isinstance(exc, anthropic.APIStatusError):
-            body = exc.body if isinstance(exc.body, dict) else {}
-            error = body.get("error", {}) if isinstance(body.get("error"), dict) else {}
-            message = str(error.get("message", exc.message))
-            return status_error(self.label, exc.status_code, exc.response.headers, message, secrets)
-        return ProviderError("upstream_error", redact(f"{self.label} failed: {exc}", secrets))
+        return sdk_error(exc, anthropic, label=self.label, where=where, secrets=secrets)

@@ -12,6 +12,7 @@ import asyncio
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any, Protocol, runtime_checkable
 
 from ...backoff import Backoff
@@ -24,9 +25,11 @@ __all__ = [
     "ReasoningChunk",
     "Request",
     "TextChunk",
+    "check_params",
     "first_item_within",
     "open_with_retries",
     "redact",
+    "sdk_error",
     "status_error",
 ]
 
@@ -148,3 +151,37 @@ async def first_item_within(iterator: AsyncIterator[Any], timeout_s: float, labe
         raise ProviderError(
             "upstream_error", f"{label} sent no first token within {timeout_s:g} s"
         ) from None
+
+
+def check_params(params: Mapping[str, Any], allowed: Iterable[str], label: str) -> None:
+    """Refuse params the provider does not take, naming them and what it takes."""
+    allowed = tuple(allowed)
+    unknown = set(params) - set(allowed)
+    if unknown:
+        raise ProviderError(
+            "bad_request",
+            f"unknown params {', '.join(sorted(unknown))}; {label} takes {', '.join(allowed)}",
+        )
+
+
+def sdk_error(
+    exc: Exception, sdk: ModuleType, *, label: str, where: str, secrets: Iterable[str]
+) -> ProviderError:
+    """The error a user sees for an exception of the ``openai`` or ``anthropic`` SDK
+    (generated from one template: the same error classes and fields)."""
+    secrets = list(secrets)
+    if isinstance(exc, sdk.APITimeoutError):
+        return ProviderError("upstream_error", f"{label} timed out at {where}")
+    if isinstance(exc, sdk.APIConnectionError):
+        attempts = getattr(exc, "attempts", 1)
+        tries = f" ({attempts} attempts)" if attempts > 1 else ""
+        cause = exc.__cause__ or exc
+        message = f"cannot connect to {label} at {where}{tries}: {cause}"
+        return ProviderError("upstream_error", redact(message, secrets))
+    if isinstance(exc, sdk.APIStatusError):
+        body = exc.body if isinstance(exc.body, dict) else {}
+        error = body.get("error", body)
+        quoted = error.get("message") if isinstance(error, dict) else None
+        text = quoted if isinstance(quoted, str) else str(exc.message)
+        return status_error(label, exc.status_code, exc.response.headers, text, secrets)
+    return ProviderError("upstream_error", redact(f"{label} failed: {exc}", secrets))

@@ -24,10 +24,10 @@ from .base import (
     ReasoningChunk,
     Request,
     TextChunk,
+    check_params,
     first_item_within,
     open_with_retries,
-    redact,
-    status_error,
+    sdk_error,
 )
 
 __all__ = ["OpenAICompatProvider"]
@@ -82,13 +82,7 @@ class OpenAICompatProvider:
         return sorted(model.id for model in page.data)
 
     async def stream(self, request: Request) -> AsyncIterator[TextChunk | ReasoningChunk | Finish]:
-        unknown = set(request.params) - set(PASSED_PARAMS)
-        if unknown:
-            raise ProviderError(
-                "bad_request",
-                f"unknown params {', '.join(sorted(unknown))}; "
-                f"{self.label} takes {', '.join(PASSED_PARAMS)}",
-            )
+        check_params(request.params, PASSED_PARAMS, self.label)
         stream = await self._open(request)
         finish: FinishReason = "stop"
         finished = False  # a complete stream always names a finish_reason
@@ -155,30 +149,8 @@ class OpenAICompatProvider:
                 is_connection_error=lambda e: isinstance(e, openai.APIConnectionError),
             )
         except openai.APIError as exc:
-            raise self._error(exc, attempts=getattr(exc, "attempts", 1)) from None
+            raise self._error(exc) from None
 
-    def _error(self, exc: openai.APIError, attempts: int = 1) -> ProviderError:
+    def _error(self, exc: openai.APIError) -> ProviderError:
         secrets = [self._api_key] if self._api_key else []
-        if isinstance(exc, openai.APITimeoutError):
-            return ProviderError("upstream_error", f"{self.label} timed out at {self.where}")
-        if isinstance(exc, openai.APIConnectionError):
-            tries = f" ({attempts} attempts)" if attempts > 1 else ""
-            cause = exc.__cause__ or exc
-            return ProviderError(
-                "upstream_error",
-                redact(f"cannot connect to {self.label} at {self.where}{tries}: {cause}", secrets),
-            )
-        if isinstance(exc, openai.APIStatusError):
-            return status_error(
-                self.label, exc.status_code, exc.response.headers, _message_of(exc), secrets
-            )
-        return ProviderError("upstream_error", redact(f"{self.label} failed: {exc}", secrets))
-
-
-def _message_of(exc: openai.APIStatusError) -> str:
-    body = exc.body
-    if isinstance(body, dict):
-        error = body.get("error", body)
-        if isinstance(error, dict) and isinstance(error.get("message"), str):
-            return str(error["message"])
-    return str(exc.message)
+        return sdk_error(exc, openai, label=self.label, where=self.where, secrets=secrets)
