@@ -17,12 +17,13 @@ from anthropic.types import MessageParam
 from ...protocol import FinishReason
 from .base import (
     Finish,
+    FirstTokenDeadline,
     ProviderError,
     ReasoningChunk,
     Request,
+    SDKProvider,
     TextChunk,
     check_params,
-    first_item_within,
     open_with_retries,
     sdk_error,
 )
@@ -33,7 +34,7 @@ DEFAULT_MAX_TOKENS = 1024  # the API requires one
 PASSED_PARAMS = ("temperature", "top_p", "top_k", "max_tokens", "stop", "thinking")
 
 
-class AnthropicProvider:
+class AnthropicProvider(SDKProvider):
     """Streams messages from Anthropic (or a server speaking its API at ``base_url``)."""
 
     def __init__(
@@ -42,18 +43,11 @@ class AnthropicProvider:
         base_url: str | None,
         api_key: str | None,
         label: str = "anthropic",
-        first_token_timeout_s: float = 60.0,
-        connect_retries: int = 2,
+        **options: Any,
     ) -> None:
-        self.base_url = base_url
-        self.label = label
-        self.first_token_timeout_s = first_token_timeout_s
-        self.connect_retries = connect_retries
-        self._api_key = api_key
+        super().__init__(base_url=base_url, api_key=api_key, label=label, **options)
+        # The SDK's own retries are off: this provider decides what is retried.
         self._client = AsyncAnthropic(api_key=api_key or "none", base_url=base_url, max_retries=0)
-
-    def models(self) -> list[str]:
-        return []
 
     async def stream(self, request: Request) -> AsyncIterator[TextChunk | ReasoningChunk | Finish]:
         check_params(request.params, PASSED_PARAMS, self.label)
@@ -83,26 +77,17 @@ class AnthropicProvider:
         finish: FinishReason = "stop"
         finished = False  # a complete stream ends with message_stop
         usage: dict[str, Any] = {}
-        events = stream.__aiter__()
-        first = True
+        events = FirstTokenDeadline(stream.__aiter__(), self.first_token_timeout_s, self.label)
         try:
-            while True:
-                try:
-                    event = await (
-                        first_item_within(events, self.first_token_timeout_s, self.label)
-                        if first
-                        else events.__anext__()
-                    )
-                except StopAsyncIteration:
-                    break
+            async for event in events:
                 if event.type == "message_start":
                     usage["prompt_tokens"] = event.message.usage.input_tokens
                 elif event.type == "content_block_delta":
                     if event.delta.type == "text_delta":
-                        first = False
+                        events.got_token()
                         yield TextChunk(event.delta.text)
                     elif event.delta.type == "thinking_delta":
-                        first = False
+                        events.got_token()
                         yield ReasoningChunk(event.delta.thinking)
                 elif event.type == "message_stop":
                     finished = True
@@ -127,6 +112,5 @@ class AnthropicProvider:
         yield Finish(finish, usage=usage or None)
 
     def _error(self, exc: anthropic.APIError) -> ProviderError:
-        secrets = [self._api_key] if self._api_key else []
         where = self.base_url or "the Anthropic API"
-        return sdk_error(exc, anthropic, label=self.label, where=where, secrets=secrets)
+        return sdk_error(exc, anthropic, label=self.label, where=where, secrets=self._secrets)

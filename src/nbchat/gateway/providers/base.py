@@ -20,10 +20,12 @@ from ...protocol import ChatMessage, FinishReason
 
 __all__ = [
     "Finish",
+    "FirstTokenDeadline",
     "Provider",
     "ProviderError",
     "ReasoningChunk",
     "Request",
+    "SDKProvider",
     "TextChunk",
     "check_params",
     "first_item_within",
@@ -185,3 +187,53 @@ def sdk_error(
         text = quoted if isinstance(quoted, str) else str(exc.message)
         return status_error(label, exc.status_code, exc.response.headers, text, secrets)
     return ProviderError("upstream_error", redact(f"{label} failed: {exc}", secrets))
+
+
+class FirstTokenDeadline:
+    """Iterates over a provider's events; until the caller marks the first token
+    (``got_token()``), each wait is bounded by ``timeout_s``, and running out of it is a
+    :class:`ProviderError`. After that, events come as slowly as they come."""
+
+    def __init__(self, events: AsyncIterator[Any], timeout_s: float, label: str) -> None:
+        self._events = events
+        self._timeout_s = timeout_s
+        self._label = label
+        self._waiting = True
+
+    def got_token(self) -> None:
+        self._waiting = False
+
+    def __aiter__(self) -> FirstTokenDeadline:
+        return self
+
+    async def __anext__(self) -> Any:
+        if self._waiting:
+            return await first_item_within(self._events, self._timeout_s, self._label)
+        return await self._events.__anext__()
+
+
+class SDKProvider:
+    """What the providers built on an official SDK share: where they go, the key they
+    hold (and must never show), and how long to wait for a first token."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str | None,
+        api_key: str | None,
+        label: str,
+        first_token_timeout_s: float = 60.0,
+        connect_retries: int = 2,
+    ) -> None:
+        self.base_url = base_url
+        self.label = label
+        self.first_token_timeout_s = first_token_timeout_s
+        self.connect_retries = connect_retries
+        self._api_key = api_key
+
+    @property
+    def _secrets(self) -> list[str]:
+        return [self._api_key] if self._api_key else []
+
+    def models(self) -> list[str]:
+        return []  # configured per model

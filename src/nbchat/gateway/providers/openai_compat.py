@@ -20,12 +20,13 @@ from openai.types.chat import ChatCompletionMessageParam
 from ...protocol import FinishReason
 from .base import (
     Finish,
+    FirstTokenDeadline,
     ProviderError,
     ReasoningChunk,
     Request,
+    SDKProvider,
     TextChunk,
     check_params,
-    first_item_within,
     open_with_retries,
     sdk_error,
 )
@@ -46,32 +47,19 @@ PASSED_PARAMS = (
 )
 
 
-class OpenAICompatProvider:
+class OpenAICompatProvider(SDKProvider):
     """Streams chat completions from ``base_url`` (the SDK's default when None)."""
 
     def __init__(
-        self,
-        *,
-        base_url: str | None,
-        api_key: str | None,
-        label: str = "openai",
-        first_token_timeout_s: float = 60.0,
-        connect_retries: int = 2,
+        self, *, base_url: str | None, api_key: str | None, label: str = "openai", **options: Any
     ) -> None:
-        self.base_url = base_url
-        self.label = label
-        self.first_token_timeout_s = first_token_timeout_s
-        self.connect_retries = connect_retries
-        self._api_key = api_key
+        super().__init__(base_url=base_url, api_key=api_key, label=label, **options)
         # The SDK's own retries are off: this provider decides what is retried.
         self._client = AsyncOpenAI(api_key=api_key or "none", base_url=base_url, max_retries=0)
 
     @property
     def where(self) -> str:
         return self.base_url or "the OpenAI API"
-
-    def models(self) -> list[str]:
-        return []  # configured per model; see list_models() for discovery
 
     async def list_models(self) -> list[str]:
         """The model ids the server lists (``GET /models``)."""
@@ -87,19 +75,9 @@ class OpenAICompatProvider:
         finish: FinishReason = "stop"
         finished = False  # a complete stream always names a finish_reason
         usage: dict[str, Any] | None = None
-        chunks = stream.__aiter__()
-        first = True
+        chunks = FirstTokenDeadline(stream.__aiter__(), self.first_token_timeout_s, self.label)
         try:
-            while True:
-                try:
-                    if first:
-                        chunk = await first_item_within(
-                            chunks, self.first_token_timeout_s, self.label
-                        )
-                    else:
-                        chunk = await chunks.__anext__()
-                except StopAsyncIteration:
-                    break
+            async for chunk in chunks:
                 if chunk.usage is not None:
                     usage = chunk.usage.model_dump(exclude_none=True)
                 for choice in chunk.choices:
@@ -107,10 +85,10 @@ class OpenAICompatProvider:
                     extra = delta.model_extra or {}
                     reasoning = extra.get("reasoning_content") or extra.get("reasoning")
                     if isinstance(reasoning, str) and reasoning:
-                        first = False
+                        chunks.got_token()
                         yield ReasoningChunk(reasoning)
                     if delta.content:
-                        first = False
+                        chunks.got_token()
                         yield TextChunk(delta.content)
                     if choice.finish_reason is not None:
                         finished = True
@@ -152,5 +130,4 @@ class OpenAICompatProvider:
             raise self._error(exc) from None
 
     def _error(self, exc: openai.APIError) -> ProviderError:
-        secrets = [self._api_key] if self._api_key else []
-        return sdk_error(exc, openai, label=self.label, where=self.where, secrets=secrets)
+        return sdk_error(exc, openai, label=self.label, where=self.where, secrets=self._secrets)
