@@ -319,10 +319,22 @@ def test_the_pane_shows_reconnecting_resumed_and_offline(
         status = pane(nb).locator(".nbchat-status")
         retry = pane(nb).locator(".nbchat-retry")
 
+        # Every label the status shows, however briefly: a reconnect can succeed a few
+        # milliseconds after "reconnecting" appears, too fast for polling to see it.
+        nb.page.evaluate(
+            """el => {
+              window.__nbchatLabels = [];
+              new MutationObserver(records => records.forEach(r =>
+                r.addedNodes.forEach(n => window.__nbchatLabels.push(n.textContent))
+              )).observe(el, { childList: true });
+            }""",
+            status.element_handle(),
+        )
+
         def wait_label(pattern: str) -> None:
             nb.page.wait_for_function(
-                "([el, p]) => new RegExp(p).test(el.textContent)",
-                arg=[status.element_handle(), pattern],
+                "p => window.__nbchatLabels.some(label => new RegExp(p).test(label))",
+                arg=pattern,
                 timeout=3 * MS,
             )
 
