@@ -288,6 +288,9 @@ class _TraitBridge(ConversationListener):
             if self.chat.active.get("reply") == reply.id:
                 self.chat.active = {}
         else:
+            # Text generated before a pause reaches the pane before the pause does, so
+            # a paused reply never grows on screen.
+            self._flush()
             self._set_active(reply)
 
     def _set_active(self, reply: Reply) -> None:
