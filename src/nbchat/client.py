@@ -221,11 +221,6 @@ class ClientConnection:
         except GatewayUnavailable:
             self._reconnecting = asyncio.create_task(self._reconnect(time.monotonic()))
 
-    async def drop(self) -> None:
-        """Abort the current link as a network failure would (for tests and tools)."""
-        if self._websocket is not None:
-            self._websocket.transport.abort()
-
     async def close(self) -> None:
         self._set_state("closed")
         if self._reconnecting is not None:

@@ -176,12 +176,6 @@ class Reply:
                 self._status = "streaming"
             self._notify()
 
-    def _set_text(self, text: str) -> None:
-        """Replace the whole text (after a resume gap the gateway sends it in full)."""
-        with self._changed:
-            self._chunks = [text] if text else []
-            self._notify()
-
     def _set_status(self, status: ReplyStatus) -> None:
         with self._changed:
             if not self.finished:

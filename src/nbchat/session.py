@@ -134,10 +134,6 @@ class ReplyProgress:
     done: Done | None = None
     error: Error | None = None
 
-    @property
-    def full_text(self) -> str:
-        return "".join(self.text)
-
     def _sent(self, parts: list[str], kind: str | None) -> str:
         held = sum(len(text) for k, text in self.held if k == kind)
         full = "".join(parts)
@@ -225,11 +221,6 @@ class GatewaySession:
         if progress is None:
             raise SessionError(f"unknown reply {reply!r}")
         return progress
-
-    @property
-    def active(self) -> list[str]:
-        """Ids of replies that have not finished."""
-        return [r for r, p in self.replies.items() if not p.state.finished]
 
     def start(self, reply: str, model: str) -> list[ServerFrame]:
         if reply in self.replies:
@@ -491,12 +482,3 @@ class ClientSession:
             view.state = _STATE_BY_FINISH[frame.finish]
         elif not view.state.finished:
             view.state = ReplyState.PAUSED if frame.paused else ReplyState.STREAMING
-
-    def fail(self, reply: str, code: str, message: str) -> None:
-        """End a reply locally (e.g. the gateway could not be reached)."""
-        view = self.replies.get(reply)
-        if view is None or view.state.finished:
-            return
-        view.error, view.error_code = message, code
-        view.finish = "error"
-        view.state = ReplyState.ERROR

@@ -8,7 +8,6 @@ lives in :class:`~nbchat.conversation.Conversation`, which calls back into
 from __future__ import annotations
 
 import asyncio
-import logging
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,7 +27,6 @@ if TYPE_CHECKING:
 
 __all__ = ["Chat"]
 
-log = logging.getLogger("nbchat.widget")
 
 _STATIC = Path(__file__).parent / "static"
 _MISSING_BUNDLE = """

@@ -97,8 +97,6 @@ def read_config(path: str | Path) -> list[ModelConfig]:
         unknown = set(entry) - {"name", "provider", "model", "base_url", "api_key_env", "params"}
         if unknown:
             raise ConfigError(f"{where}: unknown keys {', '.join(sorted(unknown))}")
-        if "api_key" in entry:  # pragma: no cover - caught by unknown keys above
-            raise ConfigError(f"{where}: keys go in the environment; use api_key_env")
         name, provider = entry.get("name"), entry.get("provider")
         if not isinstance(name, str) or not name:
             raise ConfigError(f"{where}: 'name' is required")

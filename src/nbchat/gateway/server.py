@@ -199,11 +199,6 @@ class Gateway:
                 if live.idle() and now - live.last_active > idle_s:
                     del self.sessions[session_id]
 
-    async def serve_forever(self, host: str, port: int) -> None:
-        await self.start(host, port)
-        assert self._server is not None
-        await self._server.serve_forever()
-
     # --- HTTP side: health check, path and token --------------------------------
 
     def _process_request(
