@@ -19,7 +19,7 @@ from nbchat.gateway.providers.base import Request
 from nbchat.gateway.providers.demo import demo_reply
 from nbchat.protocol import ChatMessage
 
-from timeouts import TIMEOUT
+from timeouts import TIMEOUT, wait_until
 
 
 def expected(*history: str) -> str:
@@ -27,14 +27,6 @@ def expected(*history: str) -> str:
     roles = ["user", "assistant"] * len(history)
     messages = tuple(ChatMessage(r, t) for r, t in zip(roles, history, strict=False))  # type: ignore[arg-type]
     return demo_reply(Request(messages=messages, model="demo"))
-
-
-def wait_until(predicate: object, what: str) -> None:
-    deadline = time.monotonic() + TIMEOUT
-    while not predicate():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.005)
 
 
 def test_a_reply_streams_in_several_chunks_in_order(chat: Chat) -> None:

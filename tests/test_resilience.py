@@ -19,7 +19,7 @@ from nbchat.gateway import EmbeddedGateway, Gateway
 from nbchat.session import LogLimits
 
 from faults import FaultyProxy
-from timeouts import TIMEOUT
+from timeouts import TIMEOUT, wait_until
 
 
 @pytest.fixture
@@ -27,14 +27,6 @@ def proxy(embedded: EmbeddedGateway) -> Iterator[FaultyProxy]:
     proxy = FaultyProxy(embedded.gateway.port, seed=1234).start()
     yield proxy
     proxy.close()
-
-
-def wait_until(predicate: object, what: str, timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 def lost_and_duplicated(expected: str, got: str) -> tuple[int, int]:

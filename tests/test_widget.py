@@ -7,14 +7,7 @@ from typing import Any
 
 from nbchat import Chat
 
-from timeouts import TIMEOUT
-
-
-def wait_until(predicate: Any, what: str) -> None:
-    deadline = time.monotonic() + TIMEOUT
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.005)
+from timeouts import TIMEOUT, wait_until
 
 
 def test_a_paused_reply_sends_no_text_to_the_pane_until_resumed(chat: Chat) -> None:
