@@ -12,8 +12,11 @@ from nbchat import protocol
 from nbchat.protocol import (
     ChatMessage,
     Done,
+    Ping,
+    Pong,
     ProtocolError,
     Start,
+    Stop,
     decode,
     decode_client,
     decode_server,
@@ -88,4 +91,72 @@ def test_error_codes_cover_the_design() -> None:
         "rate_limited",
         "busy",
         "resume_gap",
+        "gateway_shutdown",  # added: a reply cut short by a shutdown is not a stop
     }
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ('{"type":"ping","t":NaN}', "NaN is not valid JSON; numbers must be finite"),
+        ('{"type":"ping","t":-Infinity}', "-Infinity is not valid JSON; numbers must be finite"),
+        ('{"type":"ping","t":1e400}', "number 1e400 is out of range; numbers must be finite"),
+        (
+            '{"type":"ping","t":' + "9" * 400 + "}",
+            "integer 99999999999999999999... has more than 19 digits; integers must fit in 64 bits",
+        ),
+        (
+            '{"type":"hello","client":"x","last_seq":' + "1" * 5000 + "}",
+            "integer 11111111111111111111... has more than 19 digits; integers must fit in 64 bits",
+        ),
+        ("[" * 100_000 + "]" * 100_000, "nested more than 32 levels deep"),
+        (
+            '{"type":"start","params":' + '{"a":' * 40 + "1" + "}" * 41,
+            "nested more than 32 levels deep",
+        ),
+        (
+            '{"type":"stop","reply":"caf\\udce9"}',
+            "frame: text contains a lone surrogate (U+DCE9), which is not valid Unicode and "
+            "cannot be sent as UTF-8; decode such text with errors='replace'",
+        ),
+        (
+            '{"type":"start","reply":"r","model":"demo","messages":[],"params":{"\\ud800":1}}',
+            "frame: text contains a lone surrogate (U+D800), which is not valid Unicode and "
+            "cannot be sent as UTF-8; decode such text with errors='replace'",
+        ),
+    ],
+)
+def test_strict_json_is_refused_with_a_named_problem(text: str, problem: str) -> None:
+    with pytest.raises(ProtocolError) as info:
+        decode(text)
+    assert str(info.value) == problem
+    assert info.value.code == "bad_request"
+
+
+def test_a_valid_surrogate_pair_is_accepted() -> None:
+    frame = decode('{"type":"stop","reply":"\\ud83d\\ude00"}')
+    assert frame == Stop(reply="\U0001f600")
+
+
+@pytest.mark.parametrize(
+    ("frame", "problem"),
+    [
+        (Ping(t=float("nan")), "ping: NaN and Infinity cannot be sent; use a finite number"),
+        (Pong(t=float("inf")), "pong: NaN and Infinity cannot be sent; use a finite number"),
+        (
+            Start(reply="r", messages=(ChatMessage("user", "caf\udce9.txt"),), model="demo"),
+            "start: text contains a lone surrogate (U+DCE9), which is not valid Unicode and "
+            "cannot be sent as UTF-8; decode such text with errors='replace'",
+        ),
+    ],
+)
+def test_encode_never_produces_what_decode_refuses(frame: Any, problem: str) -> None:
+    with pytest.raises(ProtocolError) as info:
+        encode(frame)
+    assert str(info.value) == problem
+
+
+def test_valid_unicode_replaces_only_lone_surrogates() -> None:
+    assert protocol.valid_unicode("caf\udce9 \ud83d\ude00") == "caf\ufffd \U0001f600"
+    plain = "nothing to replace"
+    assert protocol.valid_unicode(plain) is plain

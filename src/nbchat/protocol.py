@@ -4,12 +4,20 @@ Pure: stdlib only, no I/O. One JSON object per WebSocket text frame, discriminat
 ``type``. :func:`decode` validates everything it reads and raises :class:`ProtocolError`
 naming the offending field, so a transport can answer a bad frame with an ``error``
 frame and keep the connection up.
+
+Only strict, portable JSON crosses the wire, both ways: no ``NaN`` or ``Infinity``
+(``JSON.parse`` rejects them and a NaN timer deadline stalls an event loop), no number
+that does not fit a 64-bit value, no nesting deeper than :data:`MAX_DEPTH`, and no lone
+surrogate in any string (it cannot be written as UTF-8, so a frame holding one could
+never be sent). :func:`decode` refuses such input with a :class:`ProtocolError`, and
+:func:`encode` refuses to produce it, so nothing unencodable ever enters a session.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,6 +26,8 @@ from typing import Any, ClassVar, Final, Literal, Union
 __all__ = [
     "ERROR_CODES",
     "FINISH_REASONS",
+    "MAX_DEPTH",
+    "MAX_INT_DIGITS",
     "PROTOCOL_VERSION",
     "ROLES",
     "ChatMessage",
@@ -44,6 +54,7 @@ __all__ = [
     "decode_client",
     "decode_server",
     "encode",
+    "valid_unicode",
 ]
 
 PROTOCOL_VERSION: Final = 1
@@ -60,7 +71,11 @@ ERROR_CODES: Final = (
     "rate_limited",
     "busy",
     "resume_gap",
+    "gateway_shutdown",
 )
+
+MAX_DEPTH: Final = 32  # objects and arrays nested in one frame
+MAX_INT_DIGITS: Final = 19  # every integer fits a signed 64-bit value
 
 FinishReason = Literal["stop", "length", "stopped", "error"]
 Role = Literal["system", "user", "assistant"]
@@ -135,12 +150,16 @@ class Ping:
 
 @dataclass(frozen=True)
 class Welcome:
+    """``max_frame_bytes`` is the largest frame the gateway accepts, so a client can
+    refuse an oversize request itself instead of having the link closed (1009)."""
+
     type: ClassVar[str] = "welcome"
     session: str
     last_seq: int
     models: tuple[str, ...]
     resumed: bool
     server: str
+    max_frame_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -239,15 +258,118 @@ SERVER_TYPES: Final[dict[str, type[Any]]] = {
 _CHOICES: Final[dict[str, tuple[str, ...]]] = {"role": ROLES, "finish": FINISH_REASONS}
 
 
+# A lone surrogate, raw or as a JSON escape; valid pairs match too and are then let
+# through by the exact check, which runs only when this cheap scan finds something.
+_SURROGATE: Final = re.compile(r"[\ud800-\udfff]|\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
 def encode(frame: Frame) -> str:
-    """Serialize a frame to the JSON text sent in one WebSocket text frame."""
+    """Serialize a frame to the JSON text sent in one WebSocket text frame.
+
+    Raises :class:`ProtocolError` for a frame that strict JSON cannot carry: a
+    non-finite number, or a string with a lone surrogate (not valid Unicode)."""
     data: JSON = {"type": frame.type}
     for f in dataclasses.fields(frame):
         value = getattr(frame, f.name)
         if value is None:
             continue  # optional fields are omitted rather than sent as null
         data[f.name] = _to_json(value)
-    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    try:
+        text = json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        raise ProtocolError(
+            f"{frame.type}: NaN and Infinity cannot be sent; use a finite number"
+        ) from None
+    except RecursionError:
+        raise ProtocolError(f"{frame.type}: nested too deeply to send") from None
+    if _SURROGATE.search(text):
+        _check_text(text, frame.type)
+    return text
+
+
+def valid_unicode(text: str) -> str:
+    """``text`` with each lone surrogate replaced by U+FFFD, so it can be sent: for
+    text from outside the protocol (a provider's output) that must not be refused."""
+    if not _SURROGATE.search(text):
+        return text
+    # UTF-16 joins surrogate pairs into their characters and replaces the lone ones.
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+def _check_text(text: str, where: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        char = text[exc.start]
+        raise ProtocolError(
+            f"{where}: text contains a lone surrogate (U+{ord(char):04X}), which is not "
+            "valid Unicode and cannot be sent as UTF-8; decode such text with "
+            "errors='replace'"
+        ) from None
+
+
+def _reject_constant(name: str) -> Any:
+    raise ProtocolError(f"{name} is not valid JSON; numbers must be finite")
+
+
+def _finite_float(literal: str) -> float:
+    value = float(literal)
+    if value in (float("inf"), float("-inf")):
+        raise ProtocolError(f"number {literal[:40]} is out of range; numbers must be finite")
+    return value
+
+
+def _bounded_int(literal: str) -> int:
+    if len(literal.lstrip("-")) > MAX_INT_DIGITS:
+        raise ProtocolError(
+            f"integer {literal[:20]}... has more than {MAX_INT_DIGITS} digits; "
+            "integers must fit in 64 bits"
+        )
+    return int(literal)
+
+
+def _loads(text: str) -> Any:
+    """Strict JSON: see the module docstring for what is refused, and why."""
+    try:
+        data = json.loads(
+            text,
+            parse_constant=_reject_constant,
+            parse_float=_finite_float,
+            parse_int=_bounded_int,
+        )
+    except json.JSONDecodeError as exc:
+        raise ProtocolError(f"invalid JSON: {exc.msg} at position {exc.pos}") from None
+    except RecursionError:
+        raise ProtocolError(f"nested more than {MAX_DEPTH} levels deep") from None
+    _check_depth(data)
+    if _SURROGATE.search(text):
+        _check_strings(data)
+    return data
+
+
+def _check_depth(data: Any) -> None:
+    if not isinstance(data, (dict, list)):
+        return
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        children = value.values() if isinstance(value, dict) else value
+        if depth > MAX_DEPTH:
+            raise ProtocolError(f"nested more than {MAX_DEPTH} levels deep")
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+
+
+def _check_strings(data: Any) -> None:
+    stack = [data]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            _check_text(value, "frame")
+        elif isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
 
 
 def _to_json(value: Any) -> Any:
@@ -265,10 +387,7 @@ def decode(text: str | bytes, *, types_: dict[str, type[Any]] | None = None) -> 
     """
     if isinstance(text, bytes):
         raise ProtocolError("binary frames are not accepted; send JSON text frames")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ProtocolError(f"invalid JSON: {exc.msg} at position {exc.pos}") from None
+    data = _loads(text)
     if not isinstance(data, dict):
         raise ProtocolError(f"a frame must be a JSON object, not {_json_kind(data)}")
     kind = data.get("type")
