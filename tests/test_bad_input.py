@@ -282,7 +282,9 @@ async def test_too_many_sessions_are_refused_busy(gateway: Gateway) -> None:
     kept = [(await hello(gateway))[0] for _ in range(LIMITS.sessions - len(gateway.sessions))]
     ws, error = await hello(gateway)
     assert error["code"] == "busy"
-    assert error["message"] == "this gateway serves 20 sessions already; try again later"
+    assert (
+        error["message"] == "this gateway serves 20 sessions already, all in use; try again later"
+    )
     with pytest.raises(ConnectionClosed) as info:
         await recv(ws)
     assert info.value.rcvd is not None

@@ -94,6 +94,10 @@ _STATE_BY_FINISH: Final[dict[str, ReplyState]] = {
 }
 
 
+# How many ids of forgotten replies a session remembers (a few bytes each).
+_FORGOTTEN_IDS: Final = 4096
+
+
 class SessionError(ValueError):
     """A request that the session state does not allow (unknown reply, reply id reused,
     a transition the table forbids). The message is meant for the peer as is."""
@@ -116,6 +120,9 @@ class LogLimits:
     max_events: int = 10_000
     max_bytes: int = 8 * 1024 * 1024
     max_age_s: float = 600.0  # applied only when the session is given a clock
+    # Finished replies kept for a resume's snapshot; older ones are forgotten. A client
+    # runs at most a few replies at once, so it never misses the end of one this old.
+    max_finished_replies: int = 32
 
 
 @dataclass
@@ -190,6 +197,23 @@ class GatewaySession:
         self._clock = clock
         self._log: deque[tuple[ServerFrame, int, float]] = deque()
         self._log_bytes = 0
+        self._finished: deque[str] = deque()  # finished replies still kept, oldest first
+        # Ids of forgotten replies, so a late repeat of their start is still known.
+        self._forgotten: deque[str] = deque(maxlen=_FORGOTTEN_IDS)
+        self._forgotten_set: set[str] = set()
+
+    def knows(self, reply: str) -> bool:
+        """Whether ``reply`` was started in this session (kept or already forgotten)."""
+        return reply in self.replies or reply in self._forgotten_set
+
+    def _forget_old_replies(self) -> None:
+        while len(self._finished) > self.limits.max_finished_replies:
+            old = self._finished.popleft()
+            self.replies.pop(old, None)
+            if len(self._forgotten) == self._forgotten.maxlen:
+                self._forgotten_set.discard(self._forgotten[0])
+            self._forgotten.append(old)
+            self._forgotten_set.add(old)
 
     # Each event is sized by its text payload: cheap, and what dominates in practice.
     def _emit(self, event: ServerFrame) -> ServerFrame:
@@ -223,7 +247,7 @@ class GatewaySession:
         return progress
 
     def start(self, reply: str, model: str) -> list[ServerFrame]:
-        if reply in self.replies:
+        if self.knows(reply):
             raise SessionError(f"reply id {reply!r} was already used in this session")
         self.replies[reply] = ReplyProgress(reply=reply, model=model)
         return [self._emit(Started(seq=self._next_seq(), reply=reply, model=model))]
@@ -315,6 +339,8 @@ class GatewaySession:
             seq=self._next_seq(), reply=reply, finish=finish, usage=usage, timing=timing or {}
         )
         events.append(self._emit(progress.done))
+        self._finished.append(reply)
+        self._forget_old_replies()
         return events
 
     def replay(self, after_seq: int) -> Replay:
@@ -388,6 +414,10 @@ class ClientSession:
         after a resume. Resending is safe: the gateway treats them as idempotent."""
         return list(self._unanswered)
 
+    def withdraw(self, frame: ClientFrame) -> None:
+        """Stop resending ``frame``: it was refused and would be refused again."""
+        self._unanswered = [f for f in self._unanswered if f is not frame]
+
     def _answered(self, frame: ServerFrame, reply: str) -> None:
         # Which requests an event answers: any event of a reply answers its start;
         # paused answers pause, resumed answers resume, done answers everything.
@@ -405,6 +435,11 @@ class ClientSession:
             for f in self._unanswered
             if not (getattr(f, "reply", None) == reply and isinstance(f, answered))
         ]
+
+    def forget(self, reply: str) -> None:
+        """Drop what is kept of a reply its owner is done with (it has ended); later
+        frames about it still pass the seq check and are reported as for any other."""
+        self.replies.pop(reply, None)
 
     def open(self, reply: str) -> ReplyView:
         """Register a reply the client is about to ``start``."""

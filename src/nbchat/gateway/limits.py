@@ -21,6 +21,9 @@ class GatewayLimits:
     sessions: int = 1000  # live sessions per gateway; more: busy, close 1013
     hello_timeout_s: float = 10.0  # no hello by then: close 1008
     session_idle_s: float = 900.0  # a session with no client and no reply expires
+    # Frames waiting for a client that does not read; more: it is detached (close
+    # 1008) and catches up from the log when it resumes.
+    send_queue_bytes: int = 4 * 1024 * 1024
 
 
 class FrameRate:

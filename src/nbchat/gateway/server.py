@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import hmac
 import json
 import logging
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, Final
@@ -39,9 +40,11 @@ from ..protocol import (
     Welcome,
     decode_client,
     encode,
+    valid_unicode,
 )
 from ..session import GatewaySession, LogLimits, SessionError
 from .limits import FrameRate, GatewayLimits
+from .params import param_problem
 from .providers import (
     DemoProvider,
     Finish,
@@ -64,6 +67,12 @@ __all__ = [
 log = logging.getLogger("nbchat.gateway")
 
 CHAT_PATH: Final = "/v1/chat"
+
+# Application close codes (4000-4999 are ours to define).
+CLOSE_TAKEN_OVER: Final = 4001  # another connection resumed this session
+# How long a closing handshake may take before the socket is simply dropped; a peer
+# that does not read would otherwise hold it open.
+CLOSE_GRACE_S: Final = 2.0
 
 
 @dataclass(frozen=True)
@@ -101,12 +110,17 @@ class GatewayBusy(Exception):
 
 
 class LiveSession:
-    """A session's state plus its I/O: the attached connection and running replies."""
+    """A session's state plus its I/O: the attached connection and running replies.
 
-    def __init__(self, state: GatewaySession, now: float) -> None:
+    ``owner`` identifies the credentials that opened it (a hash of the token): only a
+    client presenting the same ones may resume it."""
+
+    def __init__(self, state: GatewaySession, now: float, owner: str) -> None:
         self.state = state
+        self.owner = owner
         self.connection: GatewayConnection | None = None
         self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.stopping: set[str] = set()  # replies cancelled by the user's stop
         self.last_active = now  # when a client was last attached or a reply ran
 
     def idle(self) -> bool:
@@ -132,7 +146,7 @@ class Gateway:
         self,
         *,
         models: dict[str, ModelRoute] | None = None,
-        token: str | None = None,
+        token: str | Sequence[str] | None = None,
         log_limits: LogLimits | None = None,
         limits: GatewayLimits | None = None,
     ) -> None:
@@ -140,10 +154,14 @@ class Gateway:
             demo = DemoProvider()
             models = {"demo": ModelRoute(demo, "demo")}
         self.models = models
-        self.token = token
+        # Each token is a separate identity: a session is bound to the one that opened it.
+        self.tokens: tuple[str, ...] = (token,) if isinstance(token, str) else tuple(token or ())
+        self.token = self.tokens[0] if self.tokens else None
         self.log_limits = log_limits or LogLimits()
         self.limits = limits or GatewayLimits()
         self.sessions: dict[str, LiveSession] = {}
+        self.connections: set[GatewayConnection] = set()
+        self.shutting_down = False
         self._server: Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._address: tuple[str, int] | None = None
@@ -182,11 +200,21 @@ class Gateway:
             await self._server.wait_closed()
 
     async def close(self) -> None:
+        """Shut down: every reply in flight ends with ``gateway_shutdown`` (an error,
+        not a stop: the user did not ask for it), clients are sent what is queued for
+        them, then the connections close with 1001 (going away)."""
+        self.shutting_down = True
         if self._sweeper is not None:
             self._sweeper.cancel()
-        for live in self.sessions.values():
-            for task in live.tasks.values():
-                task.cancel()
+        tasks = [task for live in self.sessions.values() for task in live.tasks.values()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        connections = list(self.connections)
+        for connection in connections:
+            connection.close_after_queued(1001, "the gateway is shutting down")
+        if connections:
+            await asyncio.wait([c.closed for c in connections], timeout=2 * CLOSE_GRACE_S)
         await self.stop_listening()
 
     async def _expire_sessions(self) -> None:
@@ -209,54 +237,79 @@ class Gateway:
             return connection.respond(HTTPStatus.OK, "ok\n")
         if path != CHAT_PATH:
             return connection.respond(HTTPStatus.NOT_FOUND, f"no such endpoint; use {CHAT_PATH}\n")
-        if self.token is not None:
-            given = request.headers.get("Authorization", "")
-            expected = f"Bearer {self.token}"
-            if not hmac.compare_digest(given.encode(), expected.encode()):
+        if self.tokens:
+            given = request.headers.get("Authorization", "").encode()
+            matches = [
+                hmac.compare_digest(given, f"Bearer {token}".encode()) for token in self.tokens
+            ]
+            if not any(matches):
                 return connection.respond(HTTPStatus.UNAUTHORIZED, "missing or wrong token\n")
         return None
 
     async def _handle(self, websocket: ServerConnection) -> None:
-        connection = GatewayConnection(self, websocket)
-        await connection.run()
+        headers = websocket.request.headers if websocket.request is not None else {}
+        owner = hashlib.sha256(headers.get("Authorization", "").encode()).hexdigest()
+        connection = GatewayConnection(self, websocket, owner)
+        self.connections.add(connection)
+        try:
+            await connection.run()
+        finally:
+            self.connections.discard(connection)
 
     # --- sessions and replies ---------------------------------------------------
 
-    def open_session(self, session_id: str | None) -> tuple[LiveSession, bool]:
-        """The session to attach to: the one named, or a new one. Returns it and
-        whether it is an existing session being resumed."""
+    def open_session(self, session_id: str | None, owner: str) -> tuple[LiveSession, bool]:
+        """The session to attach to: the one named, if ``owner`` opened it, or a new
+        one. Returns it and whether it is an existing session being resumed.
+
+        At the session limit, the least recently used idle session (no client, no
+        reply running) makes room, so connections that say hello and leave cannot lock
+        others out; only when every session is in use is the answer ``busy``."""
         loop = asyncio.get_running_loop()
-        if session_id is not None and session_id in self.sessions:
-            live = self.sessions[session_id]
-            live.last_active = loop.time()
-            return live, True
-        if len(self.sessions) >= self.limits.sessions:
-            raise GatewayBusy(f"this gateway serves {self.limits.sessions} sessions already")
+        known = self.sessions.get(session_id) if session_id is not None else None
+        if known is not None and hmac.compare_digest(known.owner, owner):
+            known.last_active = loop.time()
+            return known, True
+        if len(self.sessions) >= self.limits.sessions and not self._evict_idle_session():
+            raise GatewayBusy(
+                f"this gateway serves {self.limits.sessions} sessions already, all in use"
+            )
         new_id = secrets.token_urlsafe(16)
         state = GatewaySession(new_id, limits=self.log_limits, clock=loop.time)
-        live = LiveSession(state, loop.time())
+        live = LiveSession(state, loop.time(), owner)
         self.sessions[new_id] = live
         return live, False
 
+    def _evict_idle_session(self) -> bool:
+        idle = [(live.last_active, sid) for sid, live in self.sessions.items() if live.idle()]
+        if not idle:
+            return False
+        del self.sessions[min(idle)[1]]
+        return True
+
     def start_reply(self, live: LiveSession, frame: Start) -> None:
-        if frame.reply in live.state.replies:
+        if live.state.knows(frame.reply):
             # A client resends requests it had no answer to after a resume; the events
             # of this reply are already on their way, so the repeat changes nothing.
             return
         live.emit(live.state.start(frame.reply, frame.model))
         route = self.models.get(frame.model)
-        error = self._refusal(live, frame, route)
+        params = {**route.params, **frame.params} if route is not None else frame.params
+        error = self._refusal(live, frame, route, params)
         if error is not None or route is None:
             live.emit(live.state.finish(frame.reply, "error", error=error))
             return
-        params = {**route.params, **frame.params}
         request = Request(messages=frame.messages, model=route.upstream, params=params)
         task = asyncio.create_task(self._generate(live, frame.reply, route.provider, request))
         live.tasks[frame.reply] = task
         task.add_done_callback(lambda _: live.tasks.pop(frame.reply, None))
 
-    def _refusal(self, live: LiveSession, frame: Start, route: ModelRoute | None) -> Error | None:
+    def _refusal(
+        self, live: LiveSession, frame: Start, route: ModelRoute | None, params: dict[str, Any]
+    ) -> Error | None:
         """Why a reply that was started cannot run, if it cannot."""
+        if self.shutting_down:
+            return Error(code="gateway_shutdown", message="the gateway is shutting down")
         if len(live.tasks) >= self.limits.replies_per_session:
             return Error(
                 code="busy",
@@ -274,6 +327,9 @@ class Gateway:
                 message=f"set the environment variable {route.missing_key} where the gateway "
                 f"runs to use model {frame.model!r}",
             )
+        problem = param_problem(params)
+        if problem is not None:
+            return Error(code="bad_request", message=problem)
         return None
 
     async def _generate(
@@ -290,10 +346,12 @@ class Gateway:
             async for item in provider.stream(request):
                 if isinstance(item, (TextChunk, ReasoningChunk)):
                     timing.setdefault("first_token_s", round(loop.time() - began, 6))
+                    # Provider text is outside input: made sendable, never refused.
+                    text = valid_unicode(item.text)
                     if isinstance(item, ReasoningChunk):
-                        live.emit(live.state.delta(reply, item.text, "reasoning"))
+                        live.emit(live.state.delta(reply, text, "reasoning"))
                     else:
-                        live.emit(live.state.delta(reply, item.text))
+                        live.emit(live.state.delta(reply, text))
                 elif isinstance(item, Finish):
                     live.emit(
                         live.state.finish(reply, item.reason, usage=item.usage, timing=elapsed())
@@ -301,15 +359,24 @@ class Gateway:
                     return
             raise ProviderError("upstream_error", "the provider ended without finishing")
         except asyncio.CancelledError:
-            # Stop (or shutdown) cancelled the stream: the partial text stays.
-            live.emit(live.state.finish(reply, "stopped", timing=elapsed()))
+            # The partial text stays either way; only the user's stop is a "stopped".
+            if reply in live.stopping:
+                live.emit(live.state.finish(reply, "stopped", timing=elapsed()))
+            else:
+                error = Error(
+                    code="gateway_shutdown",
+                    message="the gateway shut down while generating this reply; the "
+                    "partial text is kept, send again to continue",
+                )
+                live.emit(live.state.finish(reply, "error", timing=elapsed(), error=error))
         except ProviderError as exc:
-            error = Error(code=exc.code, message=exc.message)
+            error = Error(code=exc.code, message=valid_unicode(exc.message))
             live.emit(live.state.finish(reply, "error", timing=elapsed(), error=error))
         except Exception as exc:  # a provider bug must not take the gateway down
-            log.exception("provider failed on reply %s", reply)
+            log.exception("provider failed on reply %r", reply)
             error = Error(
-                code="upstream_error", message=f"the provider failed: {type(exc).__name__}: {exc}"
+                code="upstream_error",
+                message=valid_unicode(f"the provider failed: {type(exc).__name__}: {exc}"),
             )
             live.emit(live.state.finish(reply, "error", timing=elapsed(), error=error))
 
@@ -318,6 +385,8 @@ class Gateway:
             raise SessionError(f"unknown reply {reply!r}")
         task = live.tasks.get(reply)
         if task is not None:
+            live.stopping.add(reply)
+            task.add_done_callback(lambda _: live.stopping.discard(reply))
             task.cancel()
 
 
@@ -325,14 +394,20 @@ class GatewayConnection:
     """One client's WebSocket: decode frames, act on them, send events in order.
 
     Outgoing frames go through one queue and one writer task, so that events numbered
-    in order are also sent in order, whichever task produced them.
+    in order are also sent in order, whichever task produced them. The queue is bounded
+    in bytes: a client that does not read is detached from its session (which goes on
+    and logs) and closed with 1008; it catches up from the log when it resumes.
     """
 
-    def __init__(self, gateway: Gateway, websocket: ServerConnection) -> None:
+    def __init__(self, gateway: Gateway, websocket: ServerConnection, owner: str = "") -> None:
         self.gateway = gateway
         self.websocket = websocket
+        self.owner = owner
         self.live: LiveSession | None = None
-        self._outbox: asyncio.Queue[ServerFrame | _Close | None] = asyncio.Queue()
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._outbox: asyncio.Queue[tuple[str, int] | _Close | None] = asyncio.Queue()
+        self._queued_bytes = 0
+        self._closing = False  # a close is queued: nothing more is sent
         limits = gateway.limits
         self.rate = FrameRate(limits.frames_per_s, limits.frame_burst, limits.flood_rejections)
 
@@ -340,35 +415,84 @@ class GatewayConnection:
         await asyncio.sleep(self.gateway.limits.hello_timeout_s)
         if self.live is None:
             timeout = self.gateway.limits.hello_timeout_s
-            await self.websocket.close(1008, f"no hello within {timeout:g} s")
+            self.close_after_queued(1008, f"no hello within {timeout:g} s")
 
     def send(self, frame: ServerFrame) -> None:
-        self._outbox.put_nowait(frame)
+        if self._closing:
+            return
+        try:
+            text = encode(frame)
+        except ProtocolError:  # cannot happen for what the protocol let in; never fatal
+            log.exception("cannot encode a %s frame; not sent", frame.type)
+            return
+        size = len(text)
+        limit = self.gateway.limits.send_queue_bytes
+        if self._queued_bytes + size > limit:
+            self._detach()
+            self._drop_queued()
+            self.close_after_queued(
+                1008, f"not reading: over {limit // 1024} KiB waiting; resume to catch up"
+            )
+            return
+        self._queued_bytes += size
+        self._outbox.put_nowait((text, size))
+
+    def close_after_queued(self, code: int, reason: str) -> None:
+        """Close once everything queued before is sent (or after a grace period, for
+        a peer that does not read); nothing queued later is sent."""
+        if self._closing:
+            return
+        self._closing = True
+        self._outbox.put_nowait(_Close(code, reason))
+        # The writer may be blocked on a peer that does not read: drop the socket then.
+        asyncio.get_running_loop().call_later(2 * CLOSE_GRACE_S, self.websocket.transport.abort)
+
+    def _drop_queued(self) -> None:
+        while not self._outbox.empty():
+            self._outbox.get_nowait()
+        self._queued_bytes = 0
+
+    def _detach(self) -> None:
+        if self.live is not None and self.live.connection is self:
+            self.live.connection = None
+            self.live.last_active = asyncio.get_running_loop().time()
+
+    def taken_over(self) -> None:
+        """Another connection resumed this session: tell this one's client, and stop."""
+        self._detach()
+        self._drop_queued()
+        self.close_after_queued(CLOSE_TAKEN_OVER, "session taken over by another connection")
 
     async def _write(self) -> None:
-        while (frame := await self._outbox.get()) is not None:
+        while (item := await self._outbox.get()) is not None:
             try:
-                if isinstance(frame, _Close):
-                    await self.websocket.close(frame.code, frame.reason)
+                if isinstance(item, _Close):
+                    await self._close(item)
                     return
-                await self.websocket.send(encode(frame))
+                text, size = item
+                self._queued_bytes -= size
+                await self.websocket.send(text)
             except ConnectionClosed:
                 return
+
+    async def _close(self, close: _Close) -> None:
+        try:
+            await asyncio.wait_for(self.websocket.close(close.code, close.reason), CLOSE_GRACE_S)
+        except TimeoutError:
+            self.websocket.transport.abort()  # the peer does not read: drop the socket
 
     async def run(self) -> None:
         writer = asyncio.create_task(self._write())
         hello_watch = asyncio.create_task(self._require_hello())
         loop = asyncio.get_running_loop()
         try:
-            closing = False
             async for message in self.websocket:
-                if closing:
+                if self._closing:
                     continue  # read on, unanswered, until the peer's close frame arrives
                 if not self.rate.allow(loop.time()):
                     if self.rate.flooding:
                         # After the answers already queued: they were earned.
-                        self._outbox.put_nowait(_Close(1008, "too many frames: flood"))
-                        closing = True
+                        self.close_after_queued(1008, "too many frames: flood")
                         continue
                     limit = self.gateway.limits.frames_per_s
                     self.send(
@@ -384,12 +508,12 @@ class GatewayConnection:
             pass
         finally:
             hello_watch.cancel()
-            if self.live is not None and self.live.connection is self:
-                self.live.connection = None
-                self.live.last_active = asyncio.get_running_loop().time()
+            self._detach()
             self._outbox.put_nowait(None)
             with contextlib.suppress(asyncio.CancelledError):
                 await writer
+            if not self.closed.done():
+                self.closed.set_result(None)
 
     def _on_message(self, message: str | bytes) -> None:
         try:
@@ -399,6 +523,14 @@ class GatewayConnection:
             self.send(Error(code=exc.code, message=str(exc)))
         except SessionError as exc:
             self.send(Error(code="bad_request", message=str(exc)))
+        except Exception as exc:  # a bug here must not cost the connection or the loop
+            log.exception("failed to handle a frame")
+            self.send(
+                Error(
+                    code="bad_request",
+                    message=f"the gateway could not handle this frame ({type(exc).__name__})",
+                )
+            )
 
     def _dispatch(self, frame: Any) -> None:
         if isinstance(frame, Hello):
@@ -423,15 +555,17 @@ class GatewayConnection:
         if self.live is not None:
             raise ProtocolError("hello was already sent on this connection")
         try:
-            live, resumed = self.gateway.open_session(frame.session)
+            live, resumed = self.gateway.open_session(frame.session, self.owner)
         except GatewayBusy as exc:
             self.send(Error(code="busy", message=f"{exc}; try again later"))
-            asyncio.get_running_loop().create_task(self.websocket.close(1013, "gateway busy"))
+            self.close_after_queued(1013, "gateway busy")
             return
         replay = live.state.replay(frame.last_seq or 0) if resumed else None
-        if live.connection is not None:
-            # A newer connection takes the session over; the old one gets nothing more.
-            live.connection = None
+        if live.connection is not None and live.connection is not self:
+            # One client per session: the newer connection wins (the older one is most
+            # likely a half-open link its own client has given up), and the older
+            # one is told, so its client stops rather than waiting for events.
+            live.connection.taken_over()
         self.live = live
         self.send(
             Welcome(
@@ -440,6 +574,7 @@ class GatewayConnection:
                 models=tuple(self.gateway.models),
                 resumed=resumed,
                 server=f"nbchat/{__version__}",
+                max_frame_bytes=self.gateway.limits.max_frame_bytes,
             )
         )
         if replay is not None:
