@@ -7,6 +7,11 @@ the session from its last seq; requests not answered by then (sent while the lin
 down, or lost with it) go out again, in order, after the resume. Everything here runs
 on the loop thread; other threads reach it through :func:`client_loop` and
 ``run_coroutine_threadsafe``.
+
+One task owns the link for its whole life (:meth:`ClientConnection._keep_up`): it
+serves a WebSocket until it drops, reconnects, and serves the next. Whatever fails
+while serving (a cut during the resend after a resume included) ends in that loop,
+so no failure can leave the link neither connected nor reconnecting.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import logging
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Final, Literal
 
@@ -26,15 +32,48 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketExce
 
 from . import __version__
 from .backoff import Backoff
-from .protocol import ClientFrame, Hello, ProtocolError, ServerFrame, Welcome, decode_server, encode
+from .protocol import (
+    ClientFrame,
+    Error,
+    Hello,
+    ProtocolError,
+    ServerFrame,
+    Start,
+    Welcome,
+    decode_server,
+    encode,
+)
 from .session import ClientSession
 
-__all__ = ["ClientConnection", "GatewayUnavailable", "LinkState", "client_loop"]
+__all__ = [
+    "ClientConnection",
+    "GatewayUnavailable",
+    "LinkState",
+    "RequestTooLarge",
+    "client_loop",
+    "detection_bound_s",
+]
 
 log = logging.getLogger("nbchat.client")
 
 OPEN_TIMEOUT_S: Final = 10.0
 DEFAULT_HEARTBEAT_S: Final = 10.0
+# A heartbeat that goes unanswered closes the link at once: the closing handshake of a
+# link already known dead is not waited for (websockets' own default is 10 s).
+CLOSE_TIMEOUT_S: Final = 1.0
+# The largest frame accepted from the gateway: a snapshot of a long reply is one frame.
+MAX_RECEIVE_BYTES: Final = 64 * 1024 * 1024
+# Assumed when a gateway's welcome does not say (as the gateway's own default).
+DEFAULT_MAX_FRAME_BYTES: Final = 1024 * 1024
+CLOSE_TAKEN_OVER: Final = 4001  # the gateway's code: another connection has the session
+CLOSE_TOO_BIG: Final = 1009
+
+
+def detection_bound_s(heartbeat_s: float) -> float:
+    """How long a silent (half-open) link can go unnoticed: a ping waits up to one
+    interval to be sent and one more for its pong, then the link closes at once."""
+    return 2 * heartbeat_s + CLOSE_TIMEOUT_S
+
 
 LinkState = Literal["new", "connected", "reconnecting", "offline", "closed"]
 
@@ -56,6 +95,15 @@ def client_loop() -> asyncio.AbstractEventLoop:
 
 class GatewayUnavailable(ConnectionError):
     """The gateway could not be reached or refused the connection; the message says why."""
+
+
+class RequestTooLarge(ValueError):
+    """A request over the gateway's frame limit: it was not sent (the gateway would
+    close the link over it)."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"the request is {size:,} bytes; the gateway takes at most {limit:,}")
+        self.size, self.limit = size, limit
 
 
 class ClientConnection:
@@ -85,17 +133,28 @@ class ClientConnection:
         self.state: LinkState = "new"
         self.backoff = backoff or Backoff()
         self.heartbeat_s = heartbeat_s
-        self.resumes: list[float] = []  # seconds from each drop to the resumed welcome
+        # Seconds from each drop to the resumed welcome (the most recent ones).
+        self.resumes: deque[float] = deque(maxlen=1000)
         self._rng = rng or random.Random()
         self._on_frame = on_frame
         self._on_state = on_state
         self._websocket: WebSocket | None = None
-        self._reader: asyncio.Task[None] | None = None
-        self._reconnecting: asyncio.Task[None] | None = None
+        self._link: asyncio.Task[None] | None = None
+        self._retry_now = asyncio.Event()
 
     @property
     def connected(self) -> bool:
         return self._websocket is not None
+
+    @property
+    def closed(self) -> bool:
+        return self.state == "closed"
+
+    @property
+    def max_frame_bytes(self) -> int:
+        """The largest frame the gateway accepts, as its welcome said."""
+        limit = self.welcome.max_frame_bytes if self.welcome is not None else None
+        return limit or DEFAULT_MAX_FRAME_BYTES
 
     def _set_state(self, state: LinkState, detail: str = "") -> None:
         self.state = state
@@ -105,20 +164,23 @@ class ClientConnection:
         """Connect once, say hello (resuming the session if there is one) and wait for
         the welcome. Raises :class:`GatewayUnavailable` with a plain reason on failure;
         it does not retry (a chat that has never connected reports at once)."""
-        welcome = await self._connect()
+        websocket, welcome = await self._connect(OPEN_TIMEOUT_S)
         self._set_state("connected")
+        self._link = asyncio.create_task(self._keep_up(websocket))
         return welcome
 
-    async def _connect(self) -> Welcome:
+    async def _connect(self, timeout: float) -> tuple[WebSocket, Welcome]:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         try:
             websocket = await connect(
                 self.url,
                 additional_headers=headers,
                 proxy=None,  # the gateway is reached directly, never via HTTP(S)_PROXY
-                open_timeout=OPEN_TIMEOUT_S,
+                open_timeout=timeout,
                 ping_interval=self.heartbeat_s,
-                ping_timeout=self.heartbeat_s,  # a half-open link is dropped within this
+                ping_timeout=self.heartbeat_s,
+                close_timeout=CLOSE_TIMEOUT_S,
+                max_size=MAX_RECEIVE_BYTES,
                 user_agent_header=f"nbchat/{__version__}",
             )
         except InvalidStatus as exc:
@@ -137,7 +199,7 @@ class ClientConnection:
                 last_seq=self.session.last_seq if resuming else None,
             )
             await websocket.send(encode(hello))
-            welcome = decode_server(await asyncio.wait_for(websocket.recv(), OPEN_TIMEOUT_S))
+            welcome = decode_server(await asyncio.wait_for(websocket.recv(), timeout))
         except (ConnectionClosed, TimeoutError, ProtocolError) as exc:
             await websocket.close()
             raise GatewayUnavailable(
@@ -145,6 +207,10 @@ class ClientConnection:
             ) from None
         if not isinstance(welcome, Welcome):
             await websocket.close()
+            if isinstance(welcome, Error):  # its own words: "busy: ... try again later"
+                raise GatewayUnavailable(
+                    f"the gateway at {self.url} refused: {welcome.code}: {welcome.message}"
+                )
             raise GatewayUnavailable(
                 f"the gateway at {self.url} answered {welcome.type!r} to hello"
             )
@@ -152,26 +218,56 @@ class ClientConnection:
         self.welcome = welcome
         self._websocket = websocket
         self._on_frame(welcome)
-        self._reader = asyncio.create_task(self._read(websocket))
         # Requests not answered yet (a frame written just before a cut may never have
-        # arrived, or was sent while the link was down) go out again, once, in order.
+        # arrived, or was sent while the link was down) go out again, once, in order,
+        # before anything sent later. A cut meanwhile is seen by the link task.
         if welcome.resumed:
-            for frame in self.session.unanswered():
-                await websocket.send(encode(frame))
-        return welcome
+            with contextlib.suppress(ConnectionClosed):
+                for request in self.session.unanswered():
+                    await websocket.send(encode(request))
+        return websocket, welcome
 
     async def send(self, frame: ClientFrame) -> None:
         """Send one request. While reconnecting it is kept, and sent after the resume
         with every other request not answered yet. Raises :class:`GatewayUnavailable`
-        when offline or closed."""
+        when offline or closed, and :class:`ProtocolError` or :class:`RequestTooLarge`
+        for a frame that cannot be sent at all (then nothing is kept)."""
         if self._websocket is None and self.state in ("offline", "closed", "new"):
             raise GatewayUnavailable(f"not connected to the gateway at {self.url}")
+        text = encode(frame)
+        limit = self.max_frame_bytes
+        if len(text) * 4 > limit and (size := len(text.encode())) > limit:  # 4: UTF-8's most
+            raise RequestTooLarge(size, limit)
         self.session.sent(frame)  # kept until answered, resent after a resume
         if self._websocket is not None:
-            with contextlib.suppress(ConnectionClosed):  # the reader sees the drop
-                await self._websocket.send(encode(frame))
+            with contextlib.suppress(ConnectionClosed):  # the link task sees the drop
+                await self._websocket.send(text)
 
-    async def _read(self, websocket: WebSocket) -> None:
+    async def _keep_up(self, websocket: WebSocket | None) -> None:
+        """Serve the link; after each drop, reconnect and serve again, until closed,
+        given up (offline) or taken over. ``None``: reconnect at once first."""
+        immediate = websocket is None
+        while not self.closed:
+            if websocket is not None:
+                close_code = await self._serve(websocket)
+                if self.closed:
+                    return
+                if close_code == CLOSE_TAKEN_OVER:
+                    self._set_state(
+                        "offline",
+                        "another connection took over this chat's session (the same "
+                        "session resumed elsewhere); reconnect to take it back",
+                    )
+                    return
+                if close_code == CLOSE_TOO_BIG:
+                    self._refuse_largest_start()
+            websocket = await self._reconnect(immediate)
+            immediate = False
+            if websocket is None:
+                return  # offline; reconnect_now() starts again
+
+    async def _serve(self, websocket: WebSocket) -> int | None:
+        """Read until the link drops; returns the close code the gateway sent, if any."""
         try:
             async for message in websocket:
                 try:
@@ -183,51 +279,87 @@ class ClientConnection:
                     self._on_frame(frame)
         except ConnectionClosed:
             pass
-        except Exception:  # keep the loop thread alive whatever a callback did
+        except Exception:  # keep the link alive whatever a callback did
             log.exception("nbchat client reader failed")
-        if self._websocket is websocket:
-            self._websocket = None
-            if self.state == "connected":
-                self._reconnecting = asyncio.create_task(self._reconnect(time.monotonic()))
+            await websocket.close()
+        finally:
+            if self._websocket is websocket:
+                self._websocket = None
+        received = websocket.protocol.close_rcvd
+        return received.code if received is not None else None
 
-    async def _reconnect(self, dropped_at: float) -> None:
+    def _refuse_largest_start(self) -> None:
+        """The gateway closed with 1009 (a frame over its limit): the largest
+        unanswered start would be refused again on every resume, so it ends here."""
+        starts = [f for f in self.session.unanswered() if isinstance(f, Start)]
+        if not starts:
+            return
+        largest = max(starts, key=lambda f: len(encode(f)))
+        self.session.withdraw(largest)
+        size = len(encode(largest).encode())
+        self._on_frame(
+            Error(
+                code="too_large",
+                reply=largest.reply,
+                message=f"the request is {size:,} bytes, over the gateway's frame limit; "
+                "send less history (Chat(max_history_chars=...)) or raise the gateway's "
+                "--max-frame-bytes",
+            )
+        )
+
+    async def _reconnect(self, immediate: bool) -> WebSocket | None:
+        """Reconnect with backoff; the new WebSocket, or None once given up."""
+        dropped_at = time.monotonic()
         attempt = 0
         while True:
             attempt += 1
-            delay = self.backoff.delay(attempt, self._rng)
+            remaining = self.backoff.remaining(time.monotonic() - dropped_at)
+            delay = 0.0 if immediate else self.backoff.delay(attempt, self._rng)
+            if remaining is not None:
+                delay = min(delay, remaining)
             self._set_state("reconnecting", f"attempt {attempt}, next in {delay:.1f} s")
-            await asyncio.sleep(delay)
+            self._retry_now.clear()
+            with contextlib.suppress(TimeoutError):  # the Retry button cuts it short
+                await asyncio.wait_for(self._retry_now.wait(), delay)
+            manual, immediate = self._retry_now.is_set() or immediate, False
+            remaining = self.backoff.remaining(time.monotonic() - dropped_at)
+            timeout = OPEN_TIMEOUT_S if remaining is None else min(OPEN_TIMEOUT_S, remaining)
             try:
-                await self._connect()
+                websocket, welcome = await self._connect(max(timeout, 0.05))
             except GatewayUnavailable as exc:
-                if self.backoff.exhausted(attempt):
-                    self._set_state("offline", f"gave up after {attempt} attempts: {exc}")
-                    return
+                elapsed = time.monotonic() - dropped_at
+                if self.backoff.exhausted(attempt, elapsed):
+                    self._set_state(
+                        "offline", f"gave up after {attempt} attempts in {elapsed:.1f} s: {exc}"
+                    )
+                    return None
                 continue
             took = time.monotonic() - dropped_at
-            self.resumes.append(took)
-            self._set_state("connected", f"resumed after {took:.1f} s")
-            return
+            if not welcome.resumed:
+                detail = "new session: the gateway no longer had this chat's session"
+            elif manual:
+                detail = "reconnected"
+            else:
+                self.resumes.append(took)
+                detail = f"resumed after {took:.1f} s"
+            self._set_state("connected", detail)
+            return websocket
 
     async def reconnect_now(self) -> None:
         """Try again at once (the Retry button); on failure, back to backing off."""
-        if self._reconnecting is not None and not self._reconnecting.done():
-            self._reconnecting.cancel()
-        if self._websocket is not None:
+        if self._websocket is not None or self.state == "closed":
             return
-        try:
-            await self._connect()
-            self._set_state("connected", "reconnected")
-        except GatewayUnavailable:
-            self._reconnecting = asyncio.create_task(self._reconnect(time.monotonic()))
+        if self._link is not None and not self._link.done():
+            self._retry_now.set()
+            return
+        self._link = asyncio.create_task(self._keep_up(None))
 
     async def close(self) -> None:
         self._set_state("closed")
-        if self._reconnecting is not None:
-            self._reconnecting.cancel()
         websocket, self._websocket = self._websocket, None
         if websocket is not None:
             await websocket.close()
-        if self._reader is not None:
+        if self._link is not None:
+            self._link.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
+                await self._link

@@ -22,14 +22,17 @@ from .client import (
     ClientConnection,
     GatewayUnavailable,
     LinkState,
+    RequestTooLarge,
     client_loop,
 )
 from .protocol import (
+    ChatMessage,
     Delta,
     Done,
     Error,
     Pause,
     Paused,
+    ProtocolError,
     Resume,
     Resumed,
     ServerFrame,
@@ -38,6 +41,7 @@ from .protocol import (
     Started,
     Stop,
     Welcome,
+    encode,
 )
 from .reply import Reply
 from .transcript import Message, Transcript
@@ -88,10 +92,16 @@ class Conversation:
         listener: ConversationListener | None = None,
         backoff: Backoff | None = None,
         heartbeat_s: float = DEFAULT_HEARTBEAT_S,
+        max_history_chars: int | None = None,
     ) -> None:
+        if system is not None:
+            _check_sendable("system", system)
+        self.params = _checked_params(params or {})
+        if max_history_chars is not None and max_history_chars < 1:
+            raise ValueError("max_history_chars must be a positive number of characters")
+        self.max_history_chars = max_history_chars
         self.url = url
         self.model = model
-        self.params = dict(params or {})
         self.models: list[str] = []
         self.status: ConnectionStatus = "connecting"
         self.status_detail = ""
@@ -120,10 +130,12 @@ class Conversation:
     def send(self, text: str, **params: Any) -> Reply:
         if not isinstance(text, str) or not text.strip():
             raise ValueError("cannot send an empty message; pass some text")
+        _check_sendable("the message", text)
+        merged = _checked_params({**self.params, **params})
         if self._closing:
             raise RuntimeError("this chat is closed; create a new Chat()")
         reply = Reply(f"r-{uuid.uuid4().hex[:12]}", text, control=self._control)
-        reply.params = {**self.params, **params}
+        reply.params = merged
         reply.model = self.model
         with self.lock:
             self._queued.append(reply)
@@ -237,7 +249,7 @@ class Conversation:
         at = time.time()
         with self.lock:
             self.transcript.add_user(reply.prompt, at=at)
-            history = self.transcript.history()
+            history = self.transcript.history(self.max_history_chars)
             message = self.transcript.add_assistant(reply_id=reply.id, model=model, at=at)
         in_flight = _InFlight(reply, message, self._loop.time(), asyncio.Event())
         self._current = in_flight
@@ -254,7 +266,10 @@ class Conversation:
                 await self._connection.send(start)
             except GatewayUnavailable as exc:
                 self._end(in_flight, "error", error=str(exc), code="unavailable")
+            except RequestTooLarge as exc:
+                self._end(in_flight, "error", error=_too_large(exc, history), code="too_large")
         await in_flight.ended.wait()
+        self._connection.session.forget(reply.id)
         self._current = None
 
     async def _apply_control(self, action: str, reply: Reply) -> None:
@@ -369,3 +384,37 @@ class Conversation:
         in_flight.ended.set()
         self.listener.on_reply_status(reply)
         self.listener.on_transcript()
+
+
+def _check_sendable(what: str, text: str) -> None:
+    """Refuse text that cannot travel as UTF-8 (a lone surrogate, as ``os.fsdecode``
+    gives for a file name that is not UTF-8) before it is queued."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"{what} contains a lone surrogate (U+{ord(text[exc.start]):04X}) at index "
+            f"{exc.start}, which is not valid Unicode and cannot be sent; fix the text, "
+            "e.g. text.encode('utf-8', 'surrogateescape').decode('utf-8', 'replace')"
+        ) from None
+
+
+def _checked_params(params: dict[str, Any]) -> dict[str, Any]:
+    """Params as given, if strict JSON can carry them (finite numbers, valid text)."""
+    try:
+        encode(Start(reply="r", messages=(), model="m", params=params))
+    except ProtocolError as exc:
+        raise ValueError(f"cannot send these params: {str(exc).removeprefix('start: ')}") from None
+    except TypeError as exc:
+        raise ValueError(f"params must be JSON values: {exc}") from None
+    return dict(params)
+
+
+def _too_large(exc: RequestTooLarge, history: tuple[ChatMessage, ...]) -> str:
+    chars = sum(len(m.content) for m in history)
+    return (
+        f"the request is {exc.size:,} bytes ({len(history)} messages, {chars:,} characters "
+        f"of history); the gateway accepts at most {exc.limit:,} bytes. Send less "
+        "history with Chat(max_history_chars=...), which leaves out the oldest turns, or "
+        "start afresh with chat.clear()"
+    )

@@ -102,18 +102,31 @@ class Transcript:
         self.messages.append(message)
         return message
 
-    def history(self) -> tuple[ChatMessage, ...]:
+    def history(self, max_chars: int | None = None) -> tuple[ChatMessage, ...]:
         """The messages to send with the next request: the system prompt, then every
         message with content. A stopped reply's partial text is kept; an empty failed
-        reply is left out, so a retry does not carry it."""
+        reply is left out, so a retry does not carry it.
+
+        With ``max_chars``, the oldest turns are left out until the messages' content
+        fits in that many characters; the system prompt and the newest message are
+        always sent."""
+        kept = [m for m in self.messages if m.content or m.role == "user"]
+        if max_chars is not None and kept:
+            budget = max_chars - len(self.system or "")
+            start, used = len(kept), 0
+            while start > 0 and (
+                used + len(kept[start - 1].content) <= budget or start == len(kept)
+            ):
+                start -= 1
+                used += len(kept[start].content)
+            # Whole turns only: a history never opens with a reply whose prompt is gone.
+            while start < len(kept) - 1 and kept[start].role != "user":
+                start += 1
+            kept = kept[start:]
         out: list[ChatMessage] = []
         if self.system:
             out.append(ChatMessage(role="system", content=self.system))
-        out += [
-            ChatMessage(role=m.role, content=m.content)
-            for m in self.messages
-            if m.content or m.role == "user"
-        ]
+        out += [ChatMessage(role=m.role, content=m.content) for m in kept]
         return tuple(out)
 
     def clear(self) -> None:

@@ -49,6 +49,8 @@ class Chat(anywidget.AnyWidget):
     the offline ``demo`` model. ``Chat(url="ws://host:8765/v1/chat", token=...)`` uses a
     gateway started with ``nbchat serve``. Extra keyword arguments are request params
     sent with every message (``tokens_per_s``, ``max_tokens``, ``temperature``, ...).
+    ``max_history_chars`` bounds the history sent with each message: the oldest turns
+    are left out (the transcript keeps them) so a long conversation stays sendable.
 
     ``send()`` returns a :class:`~nbchat.reply.Reply` at once; a send while a reply
     streams is queued and starts when that reply ends.
@@ -83,6 +85,7 @@ class Chat(anywidget.AnyWidget):
         *,
         backoff: Backoff | None = None,
         heartbeat_s: float = DEFAULT_HEARTBEAT_S,
+        max_history_chars: int | None = None,
         **params: Any,
     ) -> None:
         super().__init__()
@@ -102,6 +105,7 @@ class Chat(anywidget.AnyWidget):
             listener=self._bridge,
             backoff=backoff,
             heartbeat_s=heartbeat_s,
+            max_history_chars=max_history_chars,
         )
         self.on_msg(self._on_pane_message)
         _keep_pane_messages_on_their_subshell(self.comm)
