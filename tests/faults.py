@@ -16,6 +16,25 @@ class _Link:
     client: asyncio.StreamWriter
     upstream: asyncio.StreamWriter
     stalled_until: float = 0.0
+    welcome_then_cut: bool = False  # forward the 101 and one frame, then cut
+
+
+def _first_frame_end(data: bytes) -> int | None:
+    """Where the first WebSocket frame after the HTTP response ends in ``data``
+    (server frames are unmasked), or None if it is not all there yet."""
+    head_end = data.find(b"\r\n\r\n")
+    if head_end < 0:
+        return None
+    at = head_end + 4
+    if len(data) < at + 2:
+        return None
+    length, at = data[at + 1] & 0x7F, at + 2
+    if length == 126:
+        length, at = int.from_bytes(data[at : at + 2], "big"), at + 2
+    elif length == 127:
+        length, at = int.from_bytes(data[at : at + 8], "big"), at + 8
+    end = at + length
+    return end if len(data) >= end else None
 
 
 @dataclass
@@ -27,6 +46,8 @@ class FaultyProxy:
     cuts: int = 0
     stalls: int = 0
     connections: int = 0
+    swallow_upstream: bool = False  # drop what the client sends (it never arrives)
+    _welcome_cuts: int = 0  # the next this many connections: welcome, then cut
     _links: set[_Link] = field(default_factory=set)
 
     def start(self) -> FaultyProxy:
@@ -51,18 +72,56 @@ class FaultyProxy:
             return
         self.connections += 1
         link = _Link(writer, up_writer)
+        if self._welcome_cuts:
+            self._welcome_cuts -= 1
+            link.welcome_then_cut = True
         self._links.add(link)
         await asyncio.gather(
-            self._pump(link, reader, up_writer), self._pump(link, up_reader, writer)
+            self._pump(link, reader, up_writer), self._pump_down(link, up_reader, writer)
         )
         self._links.discard(link)
+
+    async def _pump_down(
+        self, link: _Link, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        if link.welcome_then_cut:
+            await self._welcome_then_cut(link, reader, writer)
+        else:
+            await self._pump(link, reader, writer)
+
+    async def _welcome_then_cut(
+        self, link: _Link, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        data, forwarded = b"", 0
+        try:
+            while (end := _first_frame_end(data)) is None:
+                chunk = await reader.read(65536)
+                if not chunk:
+                    return
+                data += chunk
+                # The HTTP response goes on at once: the client says hello only then.
+                head_end = data.find(b"\r\n\r\n")
+                if head_end >= 0 and forwarded == 0:
+                    forwarded = head_end + 4
+                    writer.write(data[:forwarded])
+            writer.write(data[forwarded:end])
+            await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            link.client.transport.abort()
+            link.upstream.transport.abort()
+            self.cuts += 1
 
     async def _pump(
         self, link: _Link, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         loop = asyncio.get_running_loop()
+        upstream = writer is link.upstream
         try:
             while data := await reader.read(65536):
+                if upstream and self.swallow_upstream:
+                    continue
                 while data:
                     if (held := link.stalled_until - loop.time()) > 0:
                         await asyncio.sleep(held)  # half-open: nothing flows meanwhile
@@ -85,6 +144,12 @@ class FaultyProxy:
     @staticmethod
     async def _run(fn: object) -> None:
         fn()  # type: ignore[operator]
+
+    def cut_after_welcome(self, connections: int = 1) -> None:
+        """The next ``connections`` connections get the gateway's HTTP response and
+        exactly one frame (the welcome), then are cut: a resume whose resend meets
+        the cut."""
+        self._welcome_cuts = connections
 
     def cut(self) -> int:
         """Abort every link now, both ways, wherever the bytes are. Returns how many."""

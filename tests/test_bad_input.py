@@ -15,9 +15,11 @@ from websockets.exceptions import ConnectionClosed
 
 from nbchat.gateway import Gateway
 from nbchat.gateway.limits import GatewayLimits
-from nbchat.gateway.providers.base import Request
+from nbchat.gateway.providers.base import Finish, Request, TextChunk
 from nbchat.gateway.providers.demo import demo_reply
+from nbchat.gateway.server import ModelRoute
 from nbchat.protocol import CLIENT_TYPES, ChatMessage
+from nbchat.session import GatewaySession, LogLimits, SessionError
 
 from timeouts import TIMEOUT
 
@@ -301,3 +303,213 @@ async def test_no_hello_in_time_closes_with_1008(gateway: Gateway) -> None:
             await asyncio.wait_for(ws.recv(), TIMEOUT)
         assert info.value.rcvd is not None
         assert (info.value.rcvd.code, info.value.rcvd.reason) == (1008, "no hello within 0.5 s")
+
+
+# --- strict JSON at the gateway: an error frame each, the connection stays up -------
+
+STRICT_JSON = [
+    ('{"type":"ping","t":NaN}', "NaN is not valid JSON; numbers must be finite"),
+    ('{"type":"ping","t":1e999}', "number 1e999 is out of range; numbers must be finite"),
+    ('{"type":"ping","t":' + "4" * 400 + "}", "has more than 19 digits"),
+    ('{"type":"ping","t":' + "4" * 5000 + "}", "has more than 19 digits"),
+    ("[" * 20_000 + "]" * 20_000, "nested more than 32 levels deep"),
+    ('{"type":"stop","reply":"\\udce9"}', "lone surrogate (U+DCE9)"),
+    (
+        '{"type":"start","reply":"r","model":"demo\\ud800","messages":[]}',
+        "lone surrogate (U+D800)",
+    ),
+    (
+        '{"type":"start","reply":"r","model":"demo",'
+        '"messages":[{"role":"user","content":"caf\\udce9"}]}',
+        "lone surrogate (U+DCE9)",
+    ),
+    (
+        '{"type":"start","reply":"r","model":"demo","params":{"tokens_per_s":NaN},'
+        '"messages":[{"role":"user","content":"hi"}]}',
+        "NaN is not valid JSON",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "problem"), STRICT_JSON)
+async def test_what_strict_json_refuses_gets_an_error_frame(
+    gateway: Gateway, text: str, problem: str
+) -> None:
+    ws, _ = await hello(gateway)
+    await ws.send(text)
+    error = await recv(ws)
+    assert (error["type"], error["code"]) == ("error", "bad_request")
+    assert problem in error["message"]
+    # Nothing entered the session, and the connection still answers.
+    await ws.send('{"type":"ping","t":1}')
+    assert await recv(ws) == {"type": "pong", "t": 1.0}
+    await ws.close()
+
+
+async def test_out_of_range_params_end_the_reply_with_bad_request(gateway: Gateway) -> None:
+    ws, _ = await hello(gateway)
+    start = {
+        "type": "start",
+        "reply": "slow",
+        "model": "demo",
+        "params": {"tokens_per_s": 1e-300},
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    await ws.send(json.dumps(start))
+    frames = [await recv(ws) for _ in range(3)]
+    assert [f["type"] for f in frames] == ["started", "error", "done"]
+    assert frames[1]["message"].startswith("param tokens_per_s=1e-300 is too slow")
+    assert frames[2]["finish"] == "error"
+    await ws.close()
+
+
+class _SurrogateProvider:
+    """Streams text with a lone surrogate in it, as a provider's JSON may decode to."""
+
+    def models(self) -> list[str]:
+        return ["odd"]
+
+    async def stream(self, request: Request) -> AsyncIterator[TextChunk | Finish]:
+        yield TextChunk("caf\udce9 and \ud83d\ude00")
+        yield Finish("stop")
+
+
+async def test_provider_text_with_a_lone_surrogate_is_sent_replaced() -> None:
+    gateway = Gateway(models={"odd": ModelRoute(_SurrogateProvider(), "odd")})
+    await gateway.start("127.0.0.1", 0)
+    try:
+        ws, _ = await hello(gateway)
+        start = {"type": "start", "reply": "r", "model": "odd", "messages": []}
+        await ws.send(json.dumps(start))
+        frames = [await recv(ws) for _ in range(3)]
+        assert [f["type"] for f in frames] == ["started", "delta", "done"]
+        assert frames[1]["text"] == "caf\ufffd and \U0001f600"
+        # A resume replays it without the writer failing on it.
+        session = gateway.sessions[next(iter(gateway.sessions))].state.session_id
+        await ws.close()
+        again, welcome = await hello(gateway, session=session, last_seq=0)
+        assert welcome["resumed"] is True
+        replayed = [await recv(again) for _ in range(3)]
+        assert replayed == frames
+        await again.close()
+    finally:
+        await gateway.close()
+
+
+# --- sessions: nobody locks others out; one client per session ----------------------
+
+
+async def test_hello_and_leave_cannot_lock_others_out(gateway: Gateway) -> None:
+    for _ in range(3 * LIMITS.sessions):
+        ws, welcome = await hello(gateway)
+        assert welcome["type"] == "welcome"
+        await ws.close()
+    assert len(gateway.sessions) <= LIMITS.sessions
+
+
+async def test_a_second_connection_takes_over_and_the_first_is_told(gateway: Gateway) -> None:
+    first, welcome = await hello(gateway)
+    second, again = await hello(gateway, session=welcome["session"], last_seq=0)
+    assert again["resumed"] is True
+    with pytest.raises(ConnectionClosed) as info:
+        await recv(first)
+    assert info.value.rcvd is not None
+    assert (info.value.rcvd.code, info.value.rcvd.reason) == (
+        4001,
+        "session taken over by another connection",
+    )
+    await second.close()
+
+
+async def test_a_session_is_bound_to_the_token_that_opened_it() -> None:
+    gateway = Gateway(token=["alice-token", "bob-token"])
+    await gateway.start("127.0.0.1", 0)
+    try:
+
+        async def hello_as(token: str, **fields: Any) -> tuple[ClientConnection, Any]:
+            ws = await connect(
+                gateway.url(), proxy=None, additional_headers={"Authorization": f"Bearer {token}"}
+            )
+            await ws.send(json.dumps({"type": "hello", "client": "t", **fields}))
+            return ws, await recv(ws)
+
+        alice, welcome = await hello_as("alice-token")
+        bob, other = await hello_as("bob-token", session=welcome["session"], last_seq=0)
+        assert other["resumed"] is False
+        assert other["session"] != welcome["session"]
+        await alice.send('{"type":"ping","t":2}')
+        assert await recv(alice) == {"type": "pong", "t": 2.0}  # alice was not taken over
+        await alice.close()
+        await bob.close()
+    finally:
+        await gateway.close()
+
+
+# --- memory: what a session keeps, and a client that does not read -----------------
+
+
+FLOOD_CHUNKS = 3072
+
+
+class _FloodProvider:
+    """Streams 24 MiB quickly: more than the socket buffers on both sides hold, so a
+    client that does not read makes the gateway queue."""
+
+    def models(self) -> list[str]:
+        return ["flood"]
+
+    async def stream(self, request: Request) -> AsyncIterator[TextChunk | Finish]:
+        for i in range(FLOOD_CHUNKS):
+            yield TextChunk(f"{i:07d}" + "z" * 8185)
+            await asyncio.sleep(0)
+        yield Finish("stop")
+
+
+async def test_a_client_that_does_not_read_is_detached_and_catches_up_on_resume() -> None:
+    limits = GatewayLimits(send_queue_bytes=256 * 1024)
+    gateway = Gateway(
+        models={"flood": ModelRoute(_FloodProvider(), "flood")},
+        limits=limits,
+        log_limits=LogLimits(max_bytes=64 * 1024 * 1024),
+    )
+    await gateway.start("127.0.0.1", 0)
+    try:
+        # A tiny receive queue: once it is full the client stops reading the socket.
+        # No compression, which would shrink the repetitive text to almost nothing.
+        ws = await connect(gateway.url(), proxy=None, max_queue=1, max_size=None, compression=None)
+        await ws.send('{"type":"hello","client":"sleepy"}')
+        welcome = await recv(ws)
+        start = {"type": "start", "reply": "r", "model": "flood", "messages": []}
+        await ws.send(json.dumps(start))
+        live = gateway.sessions[welcome["session"]]
+        deadline = asyncio.get_running_loop().time() + TIMEOUT
+        while live.connection is not None:  # detached once its queue is over the bound
+            assert asyncio.get_running_loop().time() < deadline, "never detached"
+            await asyncio.sleep(0.01)
+        await asyncio.gather(*live.tasks.values())
+        ws.transport.abort()
+        # The reply went on; a resume from the last seq seen gets all of it, exactly.
+        again, resumed = await hello(gateway, session=welcome["session"], last_seq=0)
+        assert resumed["resumed"] is True
+        text = ""
+        while (frame := await recv(again))["type"] != "done":
+            text += frame.get("text", "")
+        assert len(text) == FLOOD_CHUNKS * 8192
+        assert text[:7] == "0000000"
+        assert text[-8192:-8185] == f"{FLOOD_CHUNKS - 1:07d}"
+        await again.close()
+    finally:
+        await gateway.close()
+
+
+def test_a_session_forgets_finished_replies_beyond_the_most_recent() -> None:
+    session = GatewaySession("s", limits=LogLimits(max_finished_replies=32))
+    for i in range(100):
+        session.start(f"r{i}", "demo")
+        session.delta(f"r{i}", "text " * 100)
+        session.finish(f"r{i}", "stop")
+    assert len(session.replies) == 32
+    assert set(session.replies) == {f"r{i}" for i in range(68, 100)}
+    assert session.knows("r0")  # a late repeat of an old start is still recognised
+    with pytest.raises(SessionError, match="already used"):
+        session.start("r0", "demo")

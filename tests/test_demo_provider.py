@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from nbchat.gateway.providers import DemoProvider, Finish, ProviderError, Request, TextChunk
-from nbchat.gateway.providers.demo import demo_reply, tokenize
+from nbchat.gateway.providers.demo import count_tokens, demo_reply, tokenize
 from nbchat.protocol import ChatMessage
 
 
@@ -85,3 +85,8 @@ async def test_pacing_follows_tokens_per_s() -> None:
 async def test_bad_params_are_provider_errors(params: dict[str, object], message: str) -> None:
     with pytest.raises(ProviderError, match=message):
         await collect(request("hi", **params))
+
+
+@pytest.mark.parametrize("text", ["", " ", "a", " a", "a ", "a  b\n", "\n\n", "x\ty z  "])
+def test_count_tokens_counts_what_tokenize_gives(text: str) -> None:
+    assert count_tokens(text) == len(tokenize(text))

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from nbchat.pane import StreamBatcher, parse_command
+from nbchat.pane import StreamBatcher, TranscriptSync, parse_command
 
 FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "pane.json").read_text())
 
@@ -94,3 +94,22 @@ def test_nothing_to_take_between_replies() -> None:
     batcher.end()
     assert batcher.take(1.0) is None
     assert batcher.snapshot() is None
+
+
+def test_transcript_sync_sends_the_changed_tail_only() -> None:
+    sync = TranscriptSync()
+    first, second, third = {"content": "a"}, {"content": "b"}, {"content": "c"}
+    assert sync.update([first, second]) == {
+        "type": "transcript",
+        "from": 0,
+        "records": [first, second],
+    }
+    assert sync.update([first, second]) is None  # nothing changed: nothing sent
+    changed = {"content": "b, longer"}
+    assert sync.update([first, changed, third]) == {
+        "type": "transcript",
+        "from": 1,
+        "records": [changed, third],
+    }
+    assert sync.update([]) == {"type": "transcript", "from": 0, "records": []}
+    assert sync.snapshot() == {"type": "transcript", "from": 0, "records": []}

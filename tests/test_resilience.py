@@ -1,13 +1,13 @@
-"""The link survives the network: cuts (mid-frame included), stalls, a gateway that stops
-listening for a while. Every transcript ends byte-identical to an uninterrupted run."""
+"""The link survives the network: cuts, stalls, a gateway that stops listening for a
+while. Every transcript ends byte-identical to an uninterrupted run.
+
+These are the scripted cases; random chaos over many seeds (the soak) is the stress
+command's, ``scripts/stress`` (tests/stress/), and its timing figures are a benchmark's
+(benchmarks/bench_resume.py)."""
 
 from __future__ import annotations
 
 import asyncio
-import difflib
-import random
-import statistics
-import threading
 import time
 from collections.abc import Iterator
 
@@ -27,87 +27,6 @@ def proxy(embedded: EmbeddedGateway) -> Iterator[FaultyProxy]:
     proxy = FaultyProxy(embedded.gateway.port, seed=1234).start()
     yield proxy
     proxy.close()
-
-
-def lost_and_duplicated(expected: str, got: str) -> tuple[int, int]:
-    """Characters of ``expected`` missing from ``got``, and characters ``got`` has extra."""
-    lost = duplicated = 0
-    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(None, expected, got).get_opcodes():
-        if op in ("delete", "replace"):
-            lost += i2 - i1
-        if op in ("insert", "replace"):
-            duplicated += j2 - j1
-    return lost, duplicated
-
-
-CHATS, TURNS = 10, 5
-
-
-def prompts(chat_index: int) -> list[str]:
-    return [f"chat {chat_index}, question {turn}: " + "tell me more " * 3 for turn in range(TURNS)]
-
-
-def test_soak_cuts_and_stalls_lose_and_duplicate_nothing(
-    embedded: EmbeddedGateway, proxy: FaultyProxy
-) -> None:
-    # The uninterrupted run, straight to the gateway.
-    expected: list[list[str]] = []
-    with Chat(url=embedded.url, token=embedded.token, tokens_per_s=0) as direct:
-        for i in range(CHATS):
-            direct.clear()
-            expected.append([direct.send(p).wait(TIMEOUT).text for p in prompts(i)])
-
-    chats = [
-        Chat(url=proxy.url(), token=embedded.token, tokens_per_s=120, heartbeat_s=0.5)
-        for _ in range(CHATS)
-    ]
-    results: list[list[str]] = [[] for _ in range(CHATS)]
-    finishes: list[list[str | None]] = [[] for _ in range(CHATS)]
-
-    def converse(i: int) -> None:
-        for prompt in prompts(i):
-            reply = chats[i].send(prompt).wait(12 * TIMEOUT)
-            results[i].append(reply.text)
-            finishes[i].append(reply.finish)
-
-    threads = [threading.Thread(target=converse, args=(i,)) for i in range(CHATS)]
-    for thread in threads:
-        thread.start()
-    rng = random.Random(99)
-    while any(t.is_alive() for t in threads) or proxy.cuts < 100:
-        time.sleep(rng.uniform(0.02, 0.12))
-        if proxy.cuts and proxy.cuts % 30 == 0 and proxy.stalls < proxy.cuts // 30:
-            proxy.stall(1.5)  # half-open: only the heartbeat notices
-            time.sleep(1.6)
-        proxy.cut()
-        if proxy.cuts > 400:
-            break
-    for thread in threads:
-        thread.join(12 * TIMEOUT)
-
-    lost = duplicated = 0
-    for i in range(CHATS):
-        for want, got in zip(expected[i], results[i], strict=True):
-            missing, extra = lost_and_duplicated(want, got)
-            lost, duplicated = lost + missing, duplicated + extra
-    resumes = [t for chat in chats for t in chat._conversation.connection.resumes]
-    dropped_duplicates = sum(c._conversation.connection.session.duplicates for c in chats)
-    p95 = statistics.quantiles(resumes, n=20)[-1] if len(resumes) >= 2 else max(resumes)
-    print(
-        f"\nsoak: {CHATS * TURNS} replies, {proxy.cuts} cuts, {proxy.stalls} stalls, "
-        f"{proxy.connections} connections, {len(resumes)} resumes; "
-        f"lost {lost} and duplicated {duplicated} characters; "
-        f"{dropped_duplicates} replayed frames dropped as duplicates; "
-        f"resume p50 {statistics.median(resumes):.2f} s, p95 {p95:.2f} s"
-    )
-    for chat in chats:
-        chat.close()
-    assert proxy.cuts >= 100
-    assert proxy.stalls >= 3
-    assert all(f == ["stop"] * TURNS for f in finishes), finishes
-    assert results == expected  # byte-identical transcripts
-    assert (lost, duplicated) == (0, 0)
-    assert p95 <= 2.0
 
 
 def test_gateway_gone_for_three_seconds_then_back(embedded: EmbeddedGateway) -> None:

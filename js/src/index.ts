@@ -1,44 +1,56 @@
 // The nbchat pane: an anywidget module. `initialize` runs once per model and keeps the
-// in-flight reply's text, so every view (a second display(chat), a view created
-// mid-stream) starts from the same text; `render` builds one view.
+// transcript and the in-flight reply's text, so every view (a second display(chat), a
+// view created mid-stream) starts from the same state; `render` builds one view.
 
 import type { AnyModel, Initialize, Render } from "@anywidget/types";
 
-import { isKernelMessage, type ChatModel } from "./model";
+import { isKernelMessage, isTranscriptMessage, type ChatModel } from "./model";
 import { LiveStream } from "./stream";
+import { TranscriptStore } from "./transcript";
 import { renderChat } from "./view";
+
+interface PaneState {
+  stream: LiveStream;
+  transcript: TranscriptStore;
+}
 
 // Keyed by the chat's id: anywidget gives initialize and each render a different
 // proxy of the same model, so the proxies cannot be the key.
-const streams = new Map<string, LiveStream>();
+const panes = new Map<string, PaneState>();
 
-function streamFor(model: AnyModel<ChatModel>): LiveStream {
+function paneFor(model: AnyModel<ChatModel>): PaneState {
   const id = model.get("chat_id");
-  let stream = streams.get(id);
-  if (!stream) {
-    stream = new LiveStream();
-    streams.set(id, stream);
+  let pane = panes.get(id);
+  if (!pane) {
+    pane = { stream: new LiveStream(), transcript: new TranscriptStore() };
+    panes.set(id, pane);
   }
-  return stream;
+  return pane;
 }
 
 const initialize: Initialize<ChatModel> = ({ model }) => {
-  const stream = streamFor(model);
+  const { stream, transcript } = paneFor(model);
   const onMessage = (message: unknown) => {
-    // A batch that starts past our text went missing: ask for all of it.
-    if (isKernelMessage(message) && stream.apply(message) === "gap") {
-      model.send({ type: "sync" });
-    }
+    // A message that starts past what we have means one went missing: ask for all.
+    const result = isKernelMessage(message)
+      ? stream.apply(message)
+      : isTranscriptMessage(message)
+        ? transcript.apply(message)
+        : "stale";
+    if (result === "gap") model.send({ type: "sync" });
   };
   model.on("msg:custom", onMessage);
   // A model created mid-stream (a page reload) catches up to the text so far.
   model.send({ type: "sync" });
   return () => {
     model.off("msg:custom", onMessage);
-    streams.delete(model.get("chat_id"));
+    panes.delete(model.get("chat_id"));
   };
 };
 
-const render: Render<ChatModel> = ({ model, el }) => renderChat(model, el, streamFor(model));
+const render: Render<ChatModel> = ({ model, el }) => {
+  const { stream, transcript } = paneFor(model);
+  return renderChat(model, el, stream, transcript);
+};
 
 export default { initialize, render };

@@ -29,7 +29,6 @@ export interface ActiveReply {
 /** The synced traits of nbchat.Chat. */
 export interface ChatModel {
   chat_id: string;
-  messages: MessageRecord[];
   status: LinkStatus;
   status_detail: string;
   error: string;
@@ -53,6 +52,12 @@ export interface SnapshotMessage {
   kind?: "reasoning";
 }
 export type KernelMessage = ChunkMessage | SnapshotMessage;
+/** kernel -> pane: the transcript's records from index `from` on. */
+export interface TranscriptMessage {
+  type: "transcript";
+  from: number;
+  records: MessageRecord[];
+}
 
 /** pane -> kernel */
 export type PaneCommand =
@@ -65,4 +70,12 @@ export function isKernelMessage(value: unknown): value is KernelMessage {
   if (typeof m.reply !== "string" || typeof m.text !== "string") return false;
   if (m.type === "snapshot") return true;
   return m.type === "chunk" && typeof m.offset === "number" && m.offset >= 0;
+}
+
+export function isTranscriptMessage(value: unknown): value is TranscriptMessage {
+  if (typeof value !== "object" || value === null) return false;
+  const m = value as Record<string, unknown>;
+  return (
+    m.type === "transcript" && typeof m.from === "number" && m.from >= 0 && Array.isArray(m.records)
+  );
 }

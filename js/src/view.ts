@@ -1,6 +1,7 @@
 // One view of the chat: header (link status, model picker, Clear), the conversation,
-// and the composer (input, Send, Pause/Resume, Stop). Durable state comes from the
-// model's traits; the in-flight reply's text from the shared StreamText.
+// and the composer (input, Send, Pause/Resume, Stop). Link state and the reply in
+// flight come from the model's traits; the transcript from the shared TranscriptStore;
+// the in-flight reply's text from the shared StreamText.
 
 import type { AnyModel } from "@anywidget/types";
 
@@ -8,6 +9,7 @@ import { renderMarkdown } from "./markdown";
 import type { ChatModel, MessageRecord, PaneCommand, ReplyStatus } from "./model";
 import { AutoScroll } from "./scroll";
 import type { LiveStream } from "./stream";
+import type { TranscriptStore } from "./transcript";
 
 const STATUS_LABELS: Record<string, string> = {
   connecting: "connecting…",
@@ -58,6 +60,15 @@ export function messageStatus(message: MessageRecord, active: ChatModel["active"
   }
 }
 
+/** The meta line of the reply in flight: paused, and whether the link is down under
+ * it (the reply waits for the link to come back, or ends when it is given up). */
+export function liveMetaLine(status: ReplyStatus | "", link: string): string {
+  const parts: string[] = [];
+  if (status === "paused") parts.push("paused");
+  if (link === "reconnecting") parts.push("reconnecting…");
+  return parts.join(" · ");
+}
+
 function metaLine(message: MessageRecord, status: ReplyStatus | ""): string {
   const parts: string[] = [];
   if (status === "stopped") parts.push("stopped");
@@ -85,7 +96,12 @@ function addCopyButtons(body: HTMLElement): void {
   }
 }
 
-export function renderChat(model: AnyModel<ChatModel>, el: HTMLElement, stream: LiveStream): () => void {
+export function renderChat(
+  model: AnyModel<ChatModel>,
+  el: HTMLElement,
+  stream: LiveStream,
+  transcript: TranscriptStore,
+): () => void {
   const command = (message: PaneCommand) => model.send(message);
 
   const root = element("div", "nbchat");
@@ -118,6 +134,8 @@ export function renderChat(model: AnyModel<ChatModel>, el: HTMLElement, stream: 
 
   const scroll = new AutoScroll();
   let liveBody: HTMLElement | null = null;
+  let liveMeta: HTMLElement | null = null;
+  let liveState: ReplyStatus | "" = "";
   let liveReasoning: HTMLElement | null = null;
   let liveReply: string | null = null;
   let liveRendered = "";
@@ -129,8 +147,7 @@ export function renderChat(model: AnyModel<ChatModel>, el: HTMLElement, stream: 
 
   const renderLive = () => {
     if (liveBody === null) return;
-    const messages = model.get("messages");
-    const record = messages.find((m) => m.reply_id === liveReply);
+    const record = transcript.records.find((m) => m.reply_id === liveReply);
     if (liveReasoning !== null) {
       const thought = stream.reasoning.textFor(liveReply, record?.reasoning ?? "");
       liveReasoning.textContent = thought;
@@ -148,10 +165,11 @@ export function renderChat(model: AnyModel<ChatModel>, el: HTMLElement, stream: 
     const active = model.get("active");
     log.replaceChildren();
     liveBody = null;
+    liveMeta = null;
     liveReasoning = null;
     liveReply = null;
     liveRendered = "";
-    for (const message of model.get("messages")) {
+    for (const message of transcript.records) {
       const state = messageStatus(message, active);
       const item = element("div", `nbchat-msg nbchat-${message.role}`, {
         "data-role": message.role,
@@ -194,11 +212,16 @@ export function renderChat(model: AnyModel<ChatModel>, el: HTMLElement, stream: 
         error.textContent = message.error;
         item.appendChild(error);
       }
-      const meta = metaLine(message, state);
-      if (meta) {
+      const live = liveBody === body;
+      const meta = live ? liveMetaLine(state, model.get("status")) : metaLine(message, state);
+      if (meta || live) {
         const line = element("div", "nbchat-meta");
         line.textContent = meta;
         item.appendChild(line);
+        if (live) {
+          liveMeta = line;
+          liveState = state;
+        }
       }
       log.appendChild(item);
     }
@@ -221,6 +244,7 @@ export function renderChat(model: AnyModel<ChatModel>, el: HTMLElement, stream: 
     const link = model.get("status");
     status.dataset.status = link;
     status.textContent = statusLabel(link, model.get("status_detail"));
+    if (liveMeta !== null) liveMeta.textContent = liveMetaLine(liveState, link);
     retry.hidden = link !== "offline" && link !== "reconnecting";
     const error = model.get("error");
     errorBox.textContent = error;
@@ -285,7 +309,6 @@ export function renderChat(model: AnyModel<ChatModel>, el: HTMLElement, stream: 
     renderControls();
   };
   const handlers: Array<[string, () => void]> = [
-    ["change:messages", renderMessages],
     ["change:active", onActive],
     ["change:status", renderStatus],
     ["change:status_detail", renderStatus],
@@ -295,6 +318,7 @@ export function renderChat(model: AnyModel<ChatModel>, el: HTMLElement, stream: 
   ];
   for (const [event, handler] of handlers) model.on(event, handler);
   const unsubscribe = stream.subscribe(renderLive);
+  const unsubscribeTranscript = transcript.subscribe(renderMessages);
 
   renderStatus();
   renderModels();
@@ -304,6 +328,7 @@ export function renderChat(model: AnyModel<ChatModel>, el: HTMLElement, stream: 
   return () => {
     for (const [event, handler] of handlers) model.off(event, handler);
     unsubscribe();
+    unsubscribeTranscript();
     root.remove();
   };
 }

@@ -2,7 +2,7 @@
 import { describe, expect, it } from "vitest";
 
 import type { MessageRecord } from "../src/model";
-import { messageStatus, statusLabel } from "../src/view";
+import { liveMetaLine, messageStatus, statusLabel } from "../src/view";
 
 const reply = (over: Partial<MessageRecord>): MessageRecord => ({
   turn: 1, role: "assistant", content: "", model: "demo", finish: null, error: null,
@@ -27,5 +27,14 @@ describe("messageStatus", () => {
     expect(messageStatus(reply({ finish: "length" }), {})).toBe("done");
     expect(messageStatus(reply({ finish: "error" }), {})).toBe("error");
     expect(messageStatus(reply({ role: "user" }), {})).toBe("");
+  });
+});
+
+describe("liveMetaLine", () => {
+  it("says the reply in flight waits for the link while it is reconnecting", () => {
+    expect(liveMetaLine("streaming", "reconnecting")).toBe("reconnecting…");
+    expect(liveMetaLine("paused", "reconnecting")).toBe("paused · reconnecting…");
+    expect(liveMetaLine("streaming", "connected")).toBe("");
+    expect(liveMetaLine("paused", "connected")).toBe("paused");
   });
 });

@@ -37,8 +37,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--token",
-        default=os.environ.get("NBCHAT_TOKEN"),
-        help="require this bearer token (default: $NBCHAT_TOKEN; none if unset)",
+        action="append",
+        default=None,
+        help="require this bearer token; give it more than once for several, each its own "
+        "identity (default: $NBCHAT_TOKEN, comma-separated; none if unset)",
     )
     defaults = GatewayLimits()
     limits = serve.add_argument_group("limits")
@@ -77,10 +79,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def _serve(
-    host: str, port: int, token: str | None, limits: GatewayLimits, config: str | None
+    host: str, port: int, tokens: list[str], limits: GatewayLimits, config: str | None
 ) -> None:
     models = await load_models(config, os.environ)
-    gateway = Gateway(models=models, token=token, limits=limits)
+    gateway = Gateway(models=models, token=tokens, limits=limits)
     await gateway.start(host, port)
     # One line on stdout says where to connect; scripts and tests read it.
     print(f"nbchat gateway listening on {gateway.url(host)}", flush=True)
@@ -105,7 +107,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 frames_per_s=args.frames_per_s,
                 max_frame_bytes=args.max_frame_bytes,
             )
-            asyncio.run(_serve(args.host, args.port, args.token, limits, args.config))
+            tokens = args.token or [
+                t for t in os.environ.get("NBCHAT_TOKEN", "").split(",") if t.strip()
+            ]
+            asyncio.run(_serve(args.host, args.port, tokens, limits, args.config))
         except ConfigError as exc:
             print(f"nbchat serve: {exc}", file=sys.stderr)
             return 2

@@ -8,6 +8,11 @@ messages past about 1,000/s, so one per token would lose text), and ``snapshot``
 messages with the whole text so far when a view asks (a view that rendered mid-stream,
 or one that saw a gap). Offsets make both idempotent: a view applies what extends its
 text and ignores what it already has. ``js/src/stream.ts`` is the other half.
+
+The transcript travels the same way (:class:`TranscriptSync`): a ``transcript``
+message ``{from, records}`` replaces the records from index ``from`` on, so a turn
+sends the messages it changed, not the whole conversation again;
+``js/src/transcript.ts`` applies them.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Final
 
-__all__ = ["COMMANDS", "Command", "StreamBatcher", "parse_command"]
+__all__ = ["COMMANDS", "Command", "StreamBatcher", "TranscriptSync", "parse_command"]
 
 # Commands a pane may send, and whether each carries text.
 COMMANDS: Final[dict[str, bool]] = {
@@ -117,3 +122,36 @@ class StreamBatcher:
     def end(self) -> None:
         with self._lock:
             self.reply, self._text, self._length, self._sent = None, [], 0, 0
+
+
+class TranscriptSync:
+    """What the pane must hear of the transcript: only the records that changed.
+
+    Records of messages that no longer change are the same objects from one call of
+    ``Transcript.to_records`` to the next, so the changed tail is found by identity.
+    :meth:`update` is called on the loop thread, :meth:`snapshot` from the kernel's.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sent: list[dict[str, Any]] = []
+
+    def update(self, records: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """The ``transcript`` message that brings the pane to ``records``, or None
+        when it already has them."""
+        with self._lock:
+            sent = self._sent
+            same = 0
+            for old, new in zip(sent, records, strict=False):
+                if old is not new:
+                    break
+                same += 1
+            if same == len(sent) == len(records):
+                return None
+            self._sent = list(records)
+            return {"type": "transcript", "from": same, "records": records[same:]}
+
+    def snapshot(self) -> dict[str, Any]:
+        """The whole transcript, for a view that has none of it (or saw a gap)."""
+        with self._lock:
+            return {"type": "transcript", "from": 0, "records": list(self._sent)}

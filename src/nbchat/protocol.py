@@ -401,7 +401,7 @@ def decode(text: str | bytes, *, types_: dict[str, type[Any]] | None = None) -> 
             code="unknown_type",
             field="type",
         )
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     kwargs: JSON = {}
     for f in dataclasses.fields(cls):
         if f.name not in data or data[f.name] is None:
@@ -414,6 +414,16 @@ def decode(text: str | bytes, *, types_: dict[str, type[Any]] | None = None) -> 
         kwargs[f.name] = _check(data[f.name], hints[f.name], f"{kind}.{f.name}", f.name)
     frame: Frame = cls(**kwargs)
     return frame
+
+
+_HINTS: dict[type[Any], dict[str, Any]] = {}
+
+
+def _hints(cls: type[Any]) -> dict[str, Any]:
+    """A frame class's field types, resolved once (resolving them is slow)."""
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
 
 
 def decode_client(text: str | bytes) -> ClientFrame:
@@ -473,13 +483,21 @@ def _check(value: Any, hint: Any, where: str, name: str) -> Any:
     if origin is tuple:
         if not isinstance(value, list):
             raise ProtocolError(f"{where} must be an array", field=name)
+        if args[0] is ChatMessage:  # the history: often thousands, so checked directly
+            return tuple(_chat_message(v, f"{where}[{i}]", name) for i, v in enumerate(value))
         return tuple(_check(v, args[0], f"{where}[{i}]", name) for i, v in enumerate(value))
     if hint is ChatMessage:
-        if not isinstance(value, dict):
-            raise ProtocolError(f"{where} must be an object with role and content", field=name)
-        role = _check(value.get("role"), Role, f"{where}.role", "role")
-        content = value.get("content")
-        if not isinstance(content, str):
-            raise ProtocolError(f"{where}.content must be a string", field=name)
-        return ChatMessage(role=role, content=content)
+        return _chat_message(value, where, name)
     raise TypeError(f"no validator for {hint!r}")  # a programming error, not bad input
+
+
+def _chat_message(value: Any, where: str, name: str) -> ChatMessage:
+    if not isinstance(value, dict):
+        raise ProtocolError(f"{where} must be an object with role and content", field=name)
+    role = value.get("role")
+    if role not in ROLES:
+        raise ProtocolError(f"{where}.role must be one of {', '.join(ROLES)}", field="role")
+    content = value.get("content")
+    if not isinstance(content, str):
+        raise ProtocolError(f"{where}.content must be a string", field=name)
+    return ChatMessage(role=role, content=content)

@@ -6,7 +6,7 @@ works without it until a DataFrame is asked for.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Final
 
 from .protocol import ChatMessage, FinishReason, Role
@@ -68,10 +68,19 @@ class Message:
             return None
         return float(tokens) / span
 
+    @property
+    def final(self) -> bool:
+        """Whether this message can still change (a reply in flight can)."""
+        return self.role != "assistant" or self.finish is not None
+
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        data = {f.name: getattr(self, f.name) for f in _FIELDS}
+        data["usage"] = dict(self.usage) if self.usage is not None else None
         data["tokens_per_s"] = self.tokens_per_s
         return data
+
+
+_FIELDS: Final = fields(Message)
 
 
 @dataclass
@@ -80,6 +89,11 @@ class Transcript:
 
     system: str | None = None
     messages: list[Message] = field(default_factory=list)
+    # The record of each message that can no longer change, by position: a turn then
+    # costs the same however long the transcript is.
+    _records: list[tuple[Message, dict[str, Any]]] = field(
+        default_factory=list, repr=False, compare=False
+    )
 
     @property
     def turns(self) -> int:
@@ -131,16 +145,23 @@ class Transcript:
 
     def clear(self) -> None:
         self.messages.clear()
+        self._records.clear()
 
     def to_records(self) -> list[dict[str, Any]]:
-        """One dict per message with exactly the :data:`COLUMNS` keys."""
+        """One dict per message with exactly the :data:`COLUMNS` keys (shared with
+        later calls for messages that no longer change: copy one before editing it)."""
+        cache = self._records
+        del cache[len(self.messages) :]
         out = []
-        for m in self.messages:
-            data = m.to_dict()
-            usage = m.usage or {}
-            data["prompt_tokens"] = usage.get("prompt_tokens")
-            data["completion_tokens"] = usage.get("completion_tokens")
-            out.append({c: data.get(c) for c in COLUMNS})
+        for i, m in enumerate(self.messages):
+            if i < len(cache) and cache[i][0] is m:
+                out.append(cache[i][1])
+                continue
+            del cache[i:]  # the list was edited here: what follows is recomputed
+            record = _record(m)
+            if m.final and i == len(cache):
+                cache.append((m, record))
+            out.append(record)
         return out
 
     def to_dataframe(self) -> pd.DataFrame:
@@ -158,3 +179,11 @@ class Transcript:
         for column in ("chunks", "prompt_tokens", "completion_tokens"):
             frame[column] = frame[column].astype("Int64")
         return frame
+
+
+def _record(message: Message) -> dict[str, Any]:
+    data = message.to_dict()
+    usage = message.usage or {}
+    data["prompt_tokens"] = usage.get("prompt_tokens")
+    data["completion_tokens"] = usage.get("completion_tokens")
+    return {c: data.get(c) for c in COLUMNS}

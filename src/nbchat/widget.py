@@ -19,7 +19,7 @@ from .backoff import Backoff
 from .client import DEFAULT_HEARTBEAT_S
 from .conversation import ConnectionStatus, Conversation, ConversationListener
 from .gateway.embedded import shared_gateway
-from .pane import StreamBatcher, parse_command
+from .pane import StreamBatcher, TranscriptSync, parse_command
 from .reply import Reply
 
 if TYPE_CHECKING:
@@ -62,8 +62,6 @@ class Chat(anywidget.AnyWidget):
     # Identifies this chat to the pane, which keys its shared stream text on it
     # (anywidget hands initialize and render different model proxies).
     chat_id = traitlets.Unicode(read_only=True).tag(sync=True)
-    # The transcript: one dict per message; rewritten at turn boundaries only.
-    messages = traitlets.List(traitlets.Dict()).tag(sync=True)
     # The link to the gateway: connecting, connected, reconnecting, offline or closed;
     # a detail ("attempt 2, next in 0.7 s", "resumed after 1.2 s"); and what is wrong.
     status = traitlets.Unicode("connecting").tag(sync=True)
@@ -158,6 +156,13 @@ class Chat(anywidget.AnyWidget):
         return self._conversation.send(text, **params)
 
     @property
+    def messages(self) -> list[dict[str, Any]]:
+        """The transcript: one dict per message (``role``, ``content``, ``model``,
+        ``finish``, timing, ...), as in :meth:`to_dataframe`. Read-only: copy a record
+        before editing it."""
+        return self._conversation.records()
+
+    @property
     def reply(self) -> Reply | None:
         """The reply streaming now (or the next queued one), if any."""
         return self._conversation.current
@@ -234,6 +239,7 @@ class _TraitBridge(ConversationListener):
         self.chat = chat
         self.batcher = StreamBatcher()
         self.reasoning = StreamBatcher(kind="reasoning")
+        self.transcript = TranscriptSync()
         self._flush_scheduled = False
 
     def on_status(self, status: ConnectionStatus, detail: str, error: str | None) -> None:
@@ -247,7 +253,10 @@ class _TraitBridge(ConversationListener):
             self.chat.model = models[0]
 
     def on_transcript(self) -> None:
-        self.chat.messages = self.chat._conversation.records()
+        # Only what changed goes to the pane: a turn costs the same at message 2,000.
+        message = self.transcript.update(self.chat._conversation.records())
+        if message is not None:
+            self.chat._push(message)
 
     def on_reply_start(self, reply: Reply) -> None:
         self.batcher.begin(reply.id)
@@ -299,6 +308,7 @@ class _TraitBridge(ConversationListener):
         self.chat.active = {"reply": reply.id, "status": reply.status, "model": reply.model}
 
     def send_snapshot(self) -> None:
+        self.chat._push(self.transcript.snapshot())
         for batcher in (self.reasoning, self.batcher):
             message = batcher.snapshot()
             if message is not None:

@@ -346,6 +346,8 @@ def test_the_pane_shows_reconnecting_resumed_and_offline(
         asyncio.run_coroutine_threadsafe(gateway.gateway.stop_listening(), gateway._loop).result(
             TIMEOUT
         )
+        # The reply in flight says it waits for the link, then the link is given up.
+        last_reply(nb).locator(".nbchat-meta", has_text="reconnecting…").wait_for(timeout=MS)
         wait_label("^offline$")  # four attempts, then it gives up
         assert retry.is_visible()
         assert "gave up after 4 attempts" in pane(nb).locator(".nbchat-error").inner_text()

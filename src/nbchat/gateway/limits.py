@@ -14,8 +14,10 @@ class GatewayLimits:
     naming it, or a WebSocket close code and reason for abuse."""
 
     max_frame_bytes: int = 1024 * 1024  # larger: close 1009 (message too big)
-    frames_per_s: float = 50.0  # sustained frames per connection; excess: rate_limited
-    frame_burst: int = 200  # frames allowed at once before the rate applies
+    # Sustained frames per connection (a fast offline loop of chat turns sends about
+    # 100 a second); excess: rate_limited.
+    frames_per_s: float = 200.0
+    frame_burst: int = 400  # frames allowed at once before the rate applies
     flood_rejections: int = 500  # frames refused within one second that close the link (1008)
     replies_per_session: int = 4  # concurrent replies; more: busy
     sessions: int = 1000  # live sessions per gateway; more: busy, close 1013

@@ -88,6 +88,14 @@ class ModelRoute:
 
 
 @dataclass(frozen=True)
+class _Replay:
+    """In the outbox: events the session log holds, encoded only as they are sent, so
+    a resume of any length costs no extra memory and is not held to the queue bound."""
+
+    events: list[ServerFrame]
+
+
+@dataclass(frozen=True)
 class _Close:
     """In the outbox: close the connection once everything before it is sent."""
 
@@ -405,7 +413,7 @@ class GatewayConnection:
         self.owner = owner
         self.live: LiveSession | None = None
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._outbox: asyncio.Queue[tuple[str, int] | _Close | None] = asyncio.Queue()
+        self._outbox: asyncio.Queue[tuple[str, int] | _Replay | _Close | None] = asyncio.Queue()
         self._queued_bytes = 0
         self._closing = False  # a close is queued: nothing more is sent
         limits = gateway.limits
@@ -469,10 +477,18 @@ class GatewayConnection:
                 if isinstance(item, _Close):
                     await self._close(item)
                     return
+                if isinstance(item, _Replay):
+                    for event in item.events:
+                        await self.websocket.send(encode(event))
+                    continue
                 text, size = item
                 self._queued_bytes -= size
                 await self.websocket.send(text)
             except ConnectionClosed:
+                return
+            except Exception:  # a bug: drop this link (its client resumes), not the loop
+                log.exception("the writer failed; dropping the connection")
+                self.websocket.transport.abort()
                 return
 
     async def _close(self, close: _Close) -> None:
@@ -586,6 +602,5 @@ class GatewayConnection:
                         "last_seq; the replies that changed are sent in full",
                     )
                 )
-            for event in [*replay.events, *replay.snapshots]:
-                self.send(event)
+            self._outbox.put_nowait(_Replay([*replay.events, *replay.snapshots]))
         live.connection = self

@@ -20,7 +20,7 @@ from typing import Final
 from ...protocol import FinishReason
 from .base import Finish, ProviderError, Request, TextChunk
 
-__all__ = ["DemoProvider", "demo_reply", "tokenize"]
+__all__ = ["DemoProvider", "count_tokens", "demo_reply", "tokenize"]
 
 DEFAULT_TOKENS_PER_S: Final = 30.0
 
@@ -46,6 +46,12 @@ def tokenize(text: str) -> list[str]:
     """Split text into word tokens that keep their leading white space, so that
     ``"".join(tokenize(t)) == t``."""
     return _TOKEN_RE.findall(text)
+
+
+def count_tokens(text: str) -> int:
+    """``len(tokenize(text))``, without building the list (a long history is counted
+    on every turn)."""
+    return len(text.split()) + (1 if text[-1:].isspace() else 0)
 
 
 def demo_reply(request: Request) -> str:
@@ -107,7 +113,7 @@ class DemoProvider:
             delay = begin + i / rate - loop.time() if rate else 0.0
             await asyncio.sleep(max(delay, 0.0))
             yield TextChunk(token)
-        prompt = sum(len(tokenize(m.content)) for m in request.messages)
+        prompt = sum(count_tokens(m.content) for m in request.messages)
         usage = {
             "prompt_tokens": prompt,
             "completion_tokens": len(tokens),

@@ -1,0 +1,25 @@
+// The transcript as the pane holds it, from the kernel's `transcript` messages. Pure.
+// Each message replaces the records from index `from` on, so a turn sends only what it
+// changed; one that starts past our end (a gap: the pane missed something) cannot be
+// applied, and then the pane asks for the whole transcript again.
+
+import type { MessageRecord, TranscriptMessage } from "./model";
+
+export class TranscriptStore {
+  records: MessageRecord[] = [];
+  private readonly listeners = new Set<() => void>();
+
+  subscribe(listener: () => void): () => void {
+    this.listeners.add(listener);
+    return () => {
+      this.listeners.delete(listener);
+    };
+  }
+
+  apply({ from, records }: TranscriptMessage): "applied" | "gap" {
+    if (from > this.records.length) return "gap";
+    this.records = this.records.slice(0, from).concat(records);
+    this.listeners.forEach((listener) => listener());
+    return "applied";
+  }
+}
