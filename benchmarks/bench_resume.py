@@ -16,10 +16,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
 
-from nbchat import Chat  # noqa: E402
-from nbchat.gateway import EmbeddedGateway, Gateway  # noqa: E402
+from nbchat import Chat
+from nbchat.gateway import EmbeddedGateway, Gateway
 
-from soak import run_soak  # noqa: E402
+from soak import run_soak
 
 SEEDS = (101, 102, 103)
 

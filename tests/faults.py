@@ -104,7 +104,9 @@ class FaultyProxy:
                 if head_end >= 0 and forwarded == 0:
                     forwarded = head_end + 4
                     writer.write(data[:forwarded])
-            writer.write(data[forwarded:end])
+            # The welcome and, in the same segment, a close frame (no code): the client
+            # learns the link is closing before it can resend anything, every time.
+            writer.write(data[forwarded:end] + b"\x88\x00")
             await writer.drain()
         except (ConnectionError, OSError):
             pass
@@ -147,8 +149,8 @@ class FaultyProxy:
 
     def cut_after_welcome(self, connections: int = 1) -> None:
         """The next ``connections`` connections get the gateway's HTTP response and
-        exactly one frame (the welcome), then are cut: a resume whose resend meets
-        the cut."""
+        exactly one frame (the welcome), then a close frame and a cut: a resume whose
+        resend meets the cut, deterministically."""
         self._welcome_cuts = connections
 
     def cut(self) -> int:

@@ -146,6 +146,16 @@ def test_a_lone_surrogate_is_refused_by_send_and_the_chat_goes_on(chat: Chat) ->
         Chat(url="ws://127.0.0.1:9/v1/chat", system="caf\udce9")
 
 
+def test_an_unsendable_model_name_ends_the_reply_not_the_chat(chat: Chat) -> None:
+    chat.model = "demo\udce9"
+    reply = chat.send("hi").wait(TIMEOUT)
+    assert (reply.status, reply.error_code) == ("error", "bad_request")
+    assert reply.error is not None
+    assert "lone surrogate (U+DCE9)" in reply.error
+    chat.model = "demo"
+    assert chat.send("hi").wait(TIMEOUT).finish == "stop"
+
+
 # --- finding 4: non-finite and out-of-range params -----------------------------------
 
 

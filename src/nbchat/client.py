@@ -217,7 +217,10 @@ class ClientConnection:
         self.session.receive(welcome)
         self.welcome = welcome
         self._websocket = websocket
-        self._on_frame(welcome)
+        try:
+            self._on_frame(welcome)
+        except Exception:  # a callback's bug must not stop the link
+            log.exception("nbchat client: handling the welcome failed")
         # Requests not answered yet (a frame written just before a cut may never have
         # arrived, or was sent while the link was down) go out again, once, in order,
         # before anything sent later. A cut meanwhile is seen by the link task.

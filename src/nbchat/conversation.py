@@ -268,6 +268,8 @@ class Conversation:
                 self._end(in_flight, "error", error=str(exc), code="unavailable")
             except RequestTooLarge as exc:
                 self._end(in_flight, "error", error=_too_large(exc, history), code="too_large")
+            except ProtocolError as exc:  # e.g. a model name that is not valid Unicode
+                self._end(in_flight, "error", error=str(exc), code="bad_request")
         await in_flight.ended.wait()
         self._connection.session.forget(reply.id)
         self._current = None
