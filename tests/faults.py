@@ -47,6 +47,9 @@ class FaultyProxy:
     stalls: int = 0
     connections: int = 0
     swallow_upstream: bool = False  # drop what the client sends (it never arrives)
+    # The chance that a new connection gets the welcome and is then cut (as by
+    # cut_after_welcome): random chaos that hits the resend after a resume.
+    welcome_cut_rate: float = 0.0
     _welcome_cuts: int = 0  # the next this many connections: welcome, then cut
     _links: set[_Link] = field(default_factory=set)
 
@@ -74,6 +77,8 @@ class FaultyProxy:
         link = _Link(writer, up_writer)
         if self._welcome_cuts:
             self._welcome_cuts -= 1
+            link.welcome_then_cut = True
+        elif self.welcome_cut_rate and self._rng.random() < self.welcome_cut_rate:
             link.welcome_then_cut = True
         self._links.add(link)
         await asyncio.gather(

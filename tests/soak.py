@@ -1,5 +1,7 @@
 """The random chaos soak: several chats converse through a :class:`FaultyProxy` that
-cuts (mid-frame included) and stalls the link at random moments drawn from a seed.
+cuts (mid-frame included) and stalls the link at random moments drawn from a seed, and
+cuts one new connection in ten right after its welcome; half the replies are paused
+and resumed on the way, so control frames are often in flight when a cut lands.
 Run by the stress command (tests/stress/) over many seeds, and by the resume
 benchmark for its timing figures."""
 
@@ -89,7 +91,7 @@ def run_soak(
             direct.clear()
             expected.append([direct.send(p).wait(REPLY_BOUND_S).text for p in prompts(i, turns)])
 
-    proxy = FaultyProxy(gateway.gateway.port, seed=seed).start()
+    proxy = FaultyProxy(gateway.gateway.port, seed=seed, welcome_cut_rate=0.1).start()
     backoff = Backoff(initial_s=0.1, cap_s=1.0, give_up_after_s=None)
     talkers = [
         Chat(
@@ -105,8 +107,15 @@ def run_soak(
     lock = threading.Lock()
 
     def converse(i: int) -> None:
+        pauses = random.Random(seed * 1000 + i)
         for prompt in prompts(i, turns):
             reply = talkers[i].send(prompt)
+            if pauses.random() < 0.5:
+                # Pause and resume mid-reply: control frames in flight when cuts hit.
+                time.sleep(pauses.uniform(0.05, 0.4))
+                reply.pause()
+                time.sleep(pauses.uniform(0.05, 0.3))
+                reply.resume()
             try:
                 reply.wait(REPLY_BOUND_S)
             except TimeoutError:
@@ -127,13 +136,11 @@ def run_soak(
     try:
         # Cut until every chat is done and at least min_cuts were made (cutting idle
         # links too); now and then stall instead: half-open, only the heartbeat notices.
+        next_stall = stall_every
         while any(t.is_alive() for t in threads) or proxy.cuts < min_cuts:
             time.sleep(rng.uniform(0.01, 0.15))
-            if (
-                proxy.cuts
-                and proxy.cuts % stall_every == 0
-                and proxy.stalls < proxy.cuts // stall_every
-            ):
+            if proxy.cuts >= next_stall:
+                next_stall += stall_every
                 proxy.stall(rng.uniform(0.6, 1.5))
                 time.sleep(1.6)
             proxy.cut()

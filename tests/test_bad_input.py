@@ -513,3 +513,57 @@ def test_a_session_forgets_finished_replies_beyond_the_most_recent() -> None:
     assert session.knows("r0")  # a late repeat of an old start is still recognised
     with pytest.raises(SessionError, match="already used"):
         session.start("r0", "demo")
+
+
+async def test_a_start_that_cannot_be_decoded_is_refused_by_reply_id(gateway: Gateway) -> None:
+    ws, _ = await hello(gateway)
+    long_model = "m" * 300
+    await ws.send(json.dumps({"type": "start", "reply": "r9", "model": long_model, "messages": []}))
+    error = await recv(ws)
+    assert (error["code"], error["reply"]) == ("bad_request", "r9")
+    assert error["message"] == "start.model is longer than 256 characters"
+    await ws.close()
+
+
+async def test_malformed_frames_over_the_rate_get_error_frames() -> None:
+    limits = GatewayLimits(frames_per_s=1, frame_burst=2, flood_rejections=1000)
+    gateway = Gateway(limits=limits)
+    await gateway.start("127.0.0.1", 0)
+    try:
+        ws, _ = await hello(gateway)
+        await ws.send('{"type":"ping","t":1}')
+        await recv(ws)
+        for text in ["[" * 20_000, '{"type":"stop","reply":"r","x":' + "[" * 20_000]:
+            await ws.send(text)
+            error = await recv(ws)
+            assert error["code"] == "rate_limited"
+        await ws.close()
+    finally:
+        await gateway.close()
+
+
+async def test_big_frames_do_not_stall_other_sessions(gateway: Gateway) -> None:
+    """Decoding a 64 KiB (here) or 1 MiB frame takes long; it happens off the event
+    loop, so another session's pings are answered meanwhile (a liveness bound)."""
+    head = '{"type":"ping","t":1,"x":['
+    size = LIMITS.max_frame_bytes - 16
+    bomb = head + ",".join(["[]"] * ((size - len(head) - 3) // 3)) + "]}"
+    attacker, _ = await hello(gateway)
+    victim, _ = await hello(gateway)
+    loop = asyncio.get_running_loop()
+
+    async def bombard() -> None:
+        for _ in range(100):
+            await attacker.send(bomb)
+
+    sender = asyncio.create_task(bombard())
+    worst = 0.0
+    for i in range(20):
+        began = loop.time()
+        await victim.send(json.dumps({"type": "ping", "t": i}))
+        assert (await recv(victim))["type"] == "pong"
+        worst = max(worst, loop.time() - began)
+    await sender
+    assert worst < 1.0, worst
+    await attacker.close()
+    await victim.close()

@@ -97,6 +97,7 @@ async def test_frames_before_hello_are_answered_not_obeyed(gateway: Gateway) -> 
             "type": "error",
             "code": "bad_request",
             "message": "send hello before stop",
+            "reply": "r",  # the refusal names the reply it was about
         }
         await ws.send('{"type": "ping", "t": 1.5}')
         assert await recv(ws) == {"type": "pong", "t": 1.5}

@@ -156,6 +156,52 @@ def test_an_unsendable_model_name_ends_the_reply_not_the_chat(chat: Chat) -> Non
     assert chat.send("hi").wait(TIMEOUT).finish == "stop"
 
 
+@pytest.mark.parametrize(
+    ("params", "problem"),
+    [
+        ({"seed": 10**20}, "more than 19 digits"),
+        (
+            {"x": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]},
+            "nested more than 32",
+        ),
+    ],
+)
+def test_params_the_gateway_would_refuse_are_refused_by_send(
+    chat: Chat, params: dict[str, object], problem: str
+) -> None:
+    with pytest.raises(ValueError, match=problem):
+        chat.send("hi", **params)
+    assert chat.send("hi").wait(TIMEOUT).finish == "stop"
+
+
+def test_stop_ends_a_paused_reply_whose_generation_is_over(embedded: EmbeddedGateway) -> None:
+    with Chat(url=embedded.url, token=embedded.token, tokens_per_s=200) as chat:
+        reply = chat.send("pause me, and let the model finish meanwhile")
+        wait_until(lambda: len(reply.chunks) >= 1, "streaming")
+        reply.pause()
+        wait_until(lambda: reply.status == "paused", "paused")
+        live = next(iter(embedded.gateway.sessions.values()))
+        wait_until(lambda: not live.tasks, "generation over, its end held by the pause")
+        reply.stop().wait(TIMEOUT)
+        assert reply.finish == "stopped"
+        assert chat.send("and on").wait(TIMEOUT).finish == "stop"
+
+
+def test_retry_while_an_offline_chat_reopens_keeps_one_link(embedded: EmbeddedGateway) -> None:
+    gateway, loop = embedded.gateway, embedded._loop
+    backoff = Backoff(initial_s=0.05, cap_s=0.1, give_up_after_s=0.5)
+    with Chat(url=embedded.url, token=embedded.token, tokens_per_s=0, backoff=backoff) as chat:
+        assert chat.send("first").wait(TIMEOUT).finish == "stop"
+        for _ in range(3):
+            asyncio.run_coroutine_threadsafe(gateway.stop_listening(), loop).result(TIMEOUT)
+            wait_until(lambda: chat.status == "offline", "offline")
+            asyncio.run_coroutine_threadsafe(gateway.start(), loop).result(TIMEOUT)
+            reply = chat.send("again")  # reopens the link...
+            chat.reconnect()  # ...while Retry is pressed
+            assert reply.wait(TIMEOUT).finish == "stop", reply.error
+            assert len(gateway.connections) == 1
+
+
 # --- finding 4: non-finite and out-of-range params -----------------------------------
 
 
@@ -210,10 +256,10 @@ def test_a_busy_gateway_is_reported_in_its_own_words() -> None:
 
 
 def test_the_client_keeps_nothing_of_finished_replies(chat: Chat) -> None:
+    session = chat._conversation.connection.session
     for i in range(40):
         chat.send(f"turn {i}").wait(TIMEOUT)
-    session = chat._conversation.connection.session
-    assert session.replies == {}
+        assert session.replies == {}  # released before wait() returns
     assert session.unanswered() == []
 
 

@@ -111,7 +111,10 @@ def test_error_codes_cover_the_design() -> None:
         ),
         ("[" * 100_000 + "]" * 100_000, "nested more than 32 levels deep"),
         (
-            '{"type":"start","params":' + '{"a":' * 40 + "1" + "}" * 41,
+            '{"type":"start","reply":"r","model":"demo","messages":[],"params":'
+            + '{"a":' * 40
+            + "1"
+            + "}" * 41,
             "nested more than 32 levels deep",
         ),
         (
@@ -131,6 +134,20 @@ def test_strict_json_is_refused_with_a_named_problem(text: str, problem: str) ->
         decode(text)
     assert str(info.value) == problem
     assert info.value.code == "bad_request"
+
+
+def test_encode_refuses_what_decode_would_refuse_in_params_and_names() -> None:
+    deep: Any = 1
+    for _ in range(40):
+        deep = {"a": deep}
+    cases = [
+        (Start(reply="r", messages=(), model="demo", params={"seed": 10**20}), "19 digits"),
+        (Start(reply="r", messages=(), model="demo", params={"x": deep}), "nested more than 32"),
+        (Start(reply="r" * 300, messages=(), model="demo"), "longer than 256 characters"),
+    ]
+    for frame, problem in cases:
+        with pytest.raises(ProtocolError, match=problem):
+            encode(frame)
 
 
 def test_a_valid_surrogate_pair_is_accepted() -> None:

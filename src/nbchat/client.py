@@ -140,6 +140,7 @@ class ClientConnection:
         self._on_state = on_state
         self._websocket: WebSocket | None = None
         self._link: asyncio.Task[None] | None = None
+        self._opening = False  # open() is connecting: no second link may start
         self._retry_now = asyncio.Event()
 
     @property
@@ -164,7 +165,14 @@ class ClientConnection:
         """Connect once, say hello (resuming the session if there is one) and wait for
         the welcome. Raises :class:`GatewayUnavailable` with a plain reason on failure;
         it does not retry (a chat that has never connected reports at once)."""
-        websocket, welcome = await self._connect(OPEN_TIMEOUT_S)
+        self._opening = True
+        try:
+            websocket, welcome = await self._connect(OPEN_TIMEOUT_S)
+        finally:
+            self._opening = False
+        if self._link is not None and not self._link.done():  # cannot happen; never two
+            await websocket.close()
+            raise GatewayUnavailable("the link to the gateway is already being restored")
         self._set_state("connected")
         self._link = asyncio.create_task(self._keep_up(websocket))
         return welcome
@@ -350,11 +358,14 @@ class ClientConnection:
 
     async def reconnect_now(self) -> None:
         """Try again at once (the Retry button); on failure, back to backing off."""
-        if self._websocket is not None or self.state == "closed":
+        if self._websocket is not None or self.state == "closed" or self._opening:
             return
         if self._link is not None and not self._link.done():
             self._retry_now.set()
             return
+        # Reconnecting from here on, at once: a send meanwhile waits for the resume
+        # instead of opening a second link to the same session.
+        self._set_state("reconnecting", "attempt 1, next in 0.0 s")
         self._link = asyncio.create_task(self._keep_up(None))
 
     async def close(self) -> None:

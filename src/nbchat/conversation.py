@@ -271,7 +271,6 @@ class Conversation:
             except ProtocolError as exc:  # e.g. a model name that is not valid Unicode
                 self._end(in_flight, "error", error=str(exc), code="bad_request")
         await in_flight.ended.wait()
-        self._connection.session.forget(reply.id)
         self._current = None
 
     async def _apply_control(self, action: str, reply: Reply) -> None:
@@ -382,6 +381,7 @@ class Conversation:
             message.error = error
             message.chunks = in_flight.chunks
             message.duration_s = self._loop.time() - in_flight.sent_at
+        self._connection.session.forget(reply.id)  # the reply is over: keep none of it
         reply._end(finish, error=error, error_code=code, usage=message.usage)
         in_flight.ended.set()
         self.listener.on_reply_status(reply)

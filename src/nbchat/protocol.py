@@ -7,7 +7,8 @@ frame and keep the connection up.
 
 Only strict, portable JSON crosses the wire, both ways: no ``NaN`` or ``Infinity``
 (``JSON.parse`` rejects them and a NaN timer deadline stalls an event loop), no number
-that does not fit a 64-bit value, no nesting deeper than :data:`MAX_DEPTH`, and no lone
+that does not fit a 64-bit value, no nesting deeper than :data:`MAX_DEPTH`, no id or
+name (reply, model, session, client) over :data:`MAX_NAME_CHARS`, and no lone
 surrogate in any string (it cannot be written as UTF-8, so a frame holding one could
 never be sent). :func:`decode` refuses such input with a :class:`ProtocolError`, and
 :func:`encode` refuses to produce it, so nothing unencodable ever enters a session.
@@ -28,6 +29,7 @@ __all__ = [
     "FINISH_REASONS",
     "MAX_DEPTH",
     "MAX_INT_DIGITS",
+    "MAX_NAME_CHARS",
     "PROTOCOL_VERSION",
     "ROLES",
     "ChatMessage",
@@ -76,6 +78,9 @@ ERROR_CODES: Final = (
 
 MAX_DEPTH: Final = 32  # objects and arrays nested in one frame
 MAX_INT_DIGITS: Final = 19  # every integer fits a signed 64-bit value
+MAX_NAME_CHARS: Final = 256  # ids and names: reply, model, session, client, code
+_NAMES: Final = frozenset({"reply", "model", "session", "client", "code"})
+_INT_LIMIT: Final = 10**MAX_INT_DIGITS
 
 FinishReason = Literal["stop", "length", "stopped", "error"]
 Role = Literal["system", "user", "assistant"]
@@ -284,6 +289,11 @@ def encode(frame: Frame) -> str:
         value = getattr(frame, f.name)
         if value is None:
             continue  # optional fields are omitted rather than sent as null
+        where = f"{frame.type}.{f.name}"
+        if f.name in _NAMES and isinstance(value, str):
+            _check_name(value, where)
+        elif isinstance(value, dict):
+            _check_json(value, where, strings=False)  # the whole text is checked below
         data[f.name] = _to_json(value)
     try:
         text = json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
@@ -339,9 +349,11 @@ def _bounded_int(literal: str) -> int:
 
 
 def _loads(text: str) -> Any:
-    """Strict JSON: see the module docstring for what is refused, and why."""
+    """Strict JSON numbers (see the module docstring). Depth and strings are checked
+    on the fields a frame has (:func:`decode`): fields it does not have are dropped
+    unread, so a big ignored field costs no walk over it."""
     try:
-        data = json.loads(
+        return json.loads(
             text,
             parse_constant=_reject_constant,
             parse_float=_finite_float,
@@ -351,35 +363,37 @@ def _loads(text: str) -> Any:
         raise ProtocolError(f"invalid JSON: {exc.msg} at position {exc.pos}") from None
     except RecursionError:
         raise ProtocolError(f"nested more than {MAX_DEPTH} levels deep") from None
-    _check_depth(data)
-    if _may_hold_surrogates(text):
-        _check_strings(data)
-    return data
 
 
-def _check_depth(data: Any) -> None:
-    if not isinstance(data, (dict, list)):
-        return
-    stack: list[tuple[Any, int]] = [(data, 1)]
+def _check_name(value: str, where: str) -> None:
+    if len(value) > MAX_NAME_CHARS:
+        raise ProtocolError(f"{where} is longer than {MAX_NAME_CHARS} characters")
+
+
+def _check_json(value: Any, where: str, *, strings: bool) -> None:
+    """A JSON value inside a frame (params, usage, timing): nested at most MAX_DEPTH
+    levels from the frame, integers within 64 bits, and (``strings``) valid Unicode."""
+    stack: list[tuple[Any, int]] = [(value, 2)]  # the frame itself is level 1
     while stack:
-        value, depth = stack.pop()
-        children = value.values() if isinstance(value, dict) else value
-        if depth > MAX_DEPTH:
-            raise ProtocolError(f"nested more than {MAX_DEPTH} levels deep")
-        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
-
-
-def _check_strings(data: Any) -> None:
-    stack = [data]
-    while stack:
-        value = stack.pop()
-        if isinstance(value, str):
-            _check_text(value, "frame")
-        elif isinstance(value, dict):
-            stack.extend(value.keys())
-            stack.extend(value.values())
-        elif isinstance(value, list):
-            stack.extend(value)
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list, tuple)):
+            if depth > MAX_DEPTH:
+                raise ProtocolError(f"nested more than {MAX_DEPTH} levels deep")
+            if isinstance(item, dict):
+                if strings:
+                    for key in item:
+                        _check_text(str(key), "frame")
+                stack.extend((child, depth + 1) for child in item.values())
+            else:
+                stack.extend((child, depth + 1) for child in item)
+        elif isinstance(item, int) and not isinstance(item, bool):
+            if not -_INT_LIMIT < item < _INT_LIMIT:
+                raise ProtocolError(
+                    f"{where}: integer {str(item)[:20]}... has more than {MAX_INT_DIGITS} "
+                    "digits; integers must fit in 64 bits"
+                )
+        elif strings and isinstance(item, str):
+            _check_text(item, "frame")
 
 
 def _to_json(value: Any) -> Any:
@@ -398,6 +412,7 @@ def decode(text: str | bytes, *, types_: dict[str, type[Any]] | None = None) -> 
     if isinstance(text, bytes):
         raise ProtocolError("binary frames are not accepted; send JSON text frames")
     data = _loads(text)
+    strings = _may_hold_surrogates(text)
     if not isinstance(data, dict):
         raise ProtocolError(f"a frame must be a JSON object, not {_json_kind(data)}")
     kind = data.get("type")
@@ -421,9 +436,26 @@ def decode(text: str | bytes, *, types_: dict[str, type[Any]] | None = None) -> 
             if not has_default:
                 raise ProtocolError(f"{kind}: field {f.name!r} is required", field=f.name)
             continue
-        kwargs[f.name] = _check(data[f.name], hints[f.name], f"{kind}.{f.name}", f.name)
+        value = _check(data[f.name], hints[f.name], f"{kind}.{f.name}", f.name)
+        if isinstance(value, dict):
+            _check_json(value, f"{kind}.{f.name}", strings=strings)
+        elif strings:
+            _check_strings_of(value)
+        kwargs[f.name] = value
     frame: Frame = cls(**kwargs)
     return frame
+
+
+def _check_strings_of(value: Any) -> None:
+    """The text a decoded field holds is valid Unicode (run only when the frame's text
+    may hold a lone surrogate)."""
+    if isinstance(value, str):
+        _check_text(value, "frame")
+    elif isinstance(value, ChatMessage):
+        _check_text(value.content, "frame")
+    elif isinstance(value, tuple):
+        for item in value:
+            _check_strings_of(item)
 
 
 _HINTS: dict[type[Any], dict[str, Any]] = {}
@@ -485,6 +517,8 @@ def _check(value: Any, hint: Any, where: str, name: str) -> Any:
     if hint is str:
         if not isinstance(value, str):
             raise ProtocolError(f"{where} must be a string", field=name)
+        if name in _NAMES and len(value) > MAX_NAME_CHARS:
+            raise ProtocolError(f"{where} is longer than {MAX_NAME_CHARS} characters", field=name)
         return value
     if origin is dict:
         if not isinstance(value, dict):

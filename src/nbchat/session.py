@@ -215,9 +215,12 @@ class GatewaySession:
             self._forgotten.append(old)
             self._forgotten_set.add(old)
 
-    # Each event is sized by its text payload: cheap, and what dominates in practice.
+    # Each event is sized by the strings it holds (ids and names are at most 256
+    # characters, the protocol sees to it): cheap, and close to its encoded size.
     def _emit(self, event: ServerFrame) -> ServerFrame:
-        size = 64 + len(getattr(event, "text", ""))
+        size = 64 + sum(
+            len(getattr(event, name, None) or "") for name in ("text", "reply", "model", "message")
+        )
         self._log.append((event, size, self._clock() if self._clock else 0.0))
         self._log_bytes += size
         reply = getattr(event, "reply", None)

@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from websockets.http11 import Response as HttpResponse
 
 from .. import __version__
 from ..protocol import (
+    ClientFrame,
     Error,
     Hello,
     Pause,
@@ -73,6 +75,10 @@ CLOSE_TAKEN_OVER: Final = 4001  # another connection resumed this session
 # How long a closing handshake may take before the socket is simply dropped; a peer
 # that does not read would otherwise hold it open.
 CLOSE_GRACE_S: Final = 2.0
+# Frames larger than this are decoded on a worker thread: checking a big frame takes
+# up to a few hundred ms, and other sessions' events go on meanwhile (the C JSON parser
+# itself holds the GIL, so that part still delays them, by at most one frame's parse).
+DECODE_IN_THREAD_BYTES: Final = 16 * 1024
 
 
 @dataclass(frozen=True)
@@ -103,14 +109,31 @@ class _Close:
     reason: str
 
 
+# A frame's "reply" field near its start. Found by a bounded scan, not by parsing: a
+# refused frame (over the rate, or malformed) must cost next to nothing.
+_REPLY_FIELD: Final = re.compile(r'"reply"\s*:\s*("(?:[^"\\]|\\.){1,256}")')
+
+
 def _reply_named_in(message: str | bytes) -> str | None:
     """The reply a refused frame was about, so the client can fail it at once."""
-    try:
-        data = json.loads(message)
-    except (ValueError, UnicodeDecodeError):
+    if not isinstance(message, str):
         return None
-    reply = data.get("reply") if isinstance(data, dict) else None
+    match = _REPLY_FIELD.search(message, 0, 4096)
+    if match is None:
+        return None
+    try:
+        reply = json.loads(match.group(1))
+        encode(Stop(reply=reply))  # only an id that can be sent back
+    except (ValueError, RecursionError):
+        return None
     return reply if isinstance(reply, str) else None
+
+
+def _decode(message: str | bytes) -> ClientFrame | ProtocolError:
+    try:
+        return decode_client(message)
+    except ProtocolError as exc:
+        return exc
 
 
 class GatewayBusy(Exception):
@@ -396,6 +419,10 @@ class Gateway:
             live.stopping.add(reply)
             task.add_done_callback(lambda _: live.stopping.discard(reply))
             task.cancel()
+        else:
+            # Generation is over but the reply may still be open: paused, with its end
+            # held until resume. A stop ends it now (and does nothing to a finished one).
+            live.emit(live.state.finish(reply, "stopped"))
 
 
 class GatewayConnection:
@@ -519,7 +546,14 @@ class GatewayConnection:
                         )
                     )
                     continue
-                self._on_message(message)
+                if len(message) > DECODE_IN_THREAD_BYTES:
+                    decoded = await asyncio.to_thread(_decode, message)
+                else:
+                    decoded = _decode(message)
+                    # Frames already buffered would be handled back to back: let the
+                    # other sessions have a turn between any two of them.
+                    await asyncio.sleep(0)
+                self._on_message(message, decoded)
         except ConnectionClosed:
             pass
         finally:
@@ -531,12 +565,15 @@ class GatewayConnection:
             if not self.closed.done():
                 self.closed.set_result(None)
 
-    def _on_message(self, message: str | bytes) -> None:
+    def _on_message(self, message: str | bytes, decoded: ClientFrame | ProtocolError) -> None:
         try:
-            frame = decode_client(message)
-            self._dispatch(frame)
+            if isinstance(decoded, ProtocolError):
+                raise decoded
+            self._dispatch(decoded)
         except ProtocolError as exc:
-            self.send(Error(code=exc.code, message=str(exc)))
+            # Naming the reply lets its client end it rather than wait (a start that
+            # cannot be decoded would otherwise be resent on every resume).
+            self.send(Error(code=exc.code, message=str(exc), reply=_reply_named_in(message)))
         except SessionError as exc:
             self.send(Error(code="bad_request", message=str(exc)))
         except Exception as exc:  # a bug here must not cost the connection or the loop
