@@ -136,18 +136,11 @@ def test_strict_json_is_refused_with_a_named_problem(text: str, problem: str) ->
     assert info.value.code == "bad_request"
 
 
-def test_encode_refuses_what_decode_would_refuse_in_params_and_names() -> None:
-    deep: Any = 1
-    for _ in range(40):
-        deep = {"a": deep}
-    cases = [
-        (Start(reply="r", messages=(), model="demo", params={"seed": 10**20}), "19 digits"),
-        (Start(reply="r", messages=(), model="demo", params={"x": deep}), "nested more than 32"),
-        (Start(reply="r" * 300, messages=(), model="demo"), "longer than 256 characters"),
-    ]
-    for frame, problem in cases:
-        with pytest.raises(ProtocolError, match=problem):
-            encode(frame)
+def _nested(levels: int) -> Any:
+    value: Any = 1
+    for _ in range(levels):
+        value = {"a": value}
+    return value
 
 
 def test_a_valid_surrogate_pair_is_accepted() -> None:
@@ -164,6 +157,19 @@ def test_a_valid_surrogate_pair_is_accepted() -> None:
             Start(reply="r", messages=(ChatMessage("user", "caf\udce9.txt"),), model="demo"),
             "start: text contains a lone surrogate (U+DCE9), which is not valid Unicode and "
             "cannot be sent as UTF-8; decode such text with errors='replace'",
+        ),
+        (
+            Start(reply="r", messages=(), model="demo", params={"seed": 10**20}),
+            "start.params: integer 10000000000000000000... has more than 19 digits; "
+            "integers must fit in 64 bits",
+        ),
+        (
+            Start(reply="r", messages=(), model="demo", params={"x": _nested(40)}),
+            "nested more than 32 levels deep",
+        ),
+        (
+            Start(reply="r" * 300, messages=(), model="demo"),
+            "start.reply is longer than 256 characters",
         ),
     ],
 )
