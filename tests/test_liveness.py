@@ -344,6 +344,21 @@ def test_a_dead_gateway_ends_the_reply_within_give_up_after_s(embedded: Embedded
         assert took <= 1.5 + 1.0, took  # the documented bound, plus scheduling slack
 
 
+def test_close_while_the_link_is_down_ends_the_reply_at_once(embedded: EmbeddedGateway) -> None:
+    gateway, loop = embedded.gateway, embedded._loop
+    chat = Chat(url=embedded.url, token=embedded.token, tokens_per_s=20)
+    reply = chat.send("close me while the gateway is away")
+    wait_until(lambda: len(reply.chunks) >= 2, "streaming")
+    asyncio.run_coroutine_threadsafe(gateway.stop_listening(), loop).result(TIMEOUT)
+    wait_until(lambda: chat.status == "reconnecting", "reconnecting")
+    began = time.monotonic()
+    chat.close()
+    assert reply.finished
+    assert reply.finish == "stopped"  # the user's own doing; the partial text stays
+    assert reply.text
+    assert time.monotonic() - began < 3.0  # the stop's grace, not the backoff's 30 s
+
+
 def test_the_default_backoff_gives_up_after_30_s() -> None:
     assert Backoff().give_up_after_s == 30.0
     assert Backoff().exhausted(3, elapsed_s=30.0)

@@ -50,6 +50,7 @@ __all__ = ["ConnectionStatus", "Conversation", "ConversationListener"]
 
 ConnectionStatus = Literal["connecting", "connected", "reconnecting", "offline", "closed"]
 CLOSE_TIMEOUT_S = 5.0
+STOP_GRACE_S = 1.0  # on close, how long a stop may wait for the gateway's answer
 
 
 class ConversationListener:
@@ -168,10 +169,22 @@ class Conversation:
             return
         self._stop_all()
         self._closing = True
+        asyncio.run_coroutine_threadsafe(self._end_current_after(STOP_GRACE_S), self._loop)
         self._loop.call_soon_threadsafe(self._queue.put_nowait, None)
         # Closing must not raise for a link that already failed.
         with contextlib.suppress(Exception):
             self._worker.result(timeout=CLOSE_TIMEOUT_S)
+
+    async def _end_current_after(self, seconds: float) -> None:
+        """Closing: a reply whose stop the gateway has not answered by then (the link
+        is down or stalled) ends here as stopped, so close() never waits on the link."""
+        in_flight = self._current
+        if in_flight is None:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(in_flight.ended.wait(), seconds)
+        if not in_flight.ended.is_set():
+            self._end(in_flight, "stopped", error=None, code=None)
 
     def _stop_all(self) -> None:
         with self.lock:
@@ -375,6 +388,8 @@ class Conversation:
     def _end(
         self, in_flight: _InFlight, finish: Any, *, error: str | None, code: str | None
     ) -> None:
+        if in_flight.ended.is_set():
+            return  # it has ended already (e.g. closing raced the gateway's done)
         reply, message = in_flight.reply, in_flight.message
         with self.lock:
             message.finish = finish
