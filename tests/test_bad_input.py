@@ -525,6 +525,21 @@ async def test_a_start_that_cannot_be_decoded_is_refused_by_reply_id(gateway: Ga
     await ws.close()
 
 
+async def test_a_refused_start_is_named_even_with_its_reply_field_late(gateway: Gateway) -> None:
+    ws, _ = await hello(gateway)
+    start = (
+        '{"type":"start","messages":[{"role":"user","content":"'
+        + "x" * 5000
+        + '"}],"model":"'
+        + "m" * 300
+        + '","reply":"late"}'
+    )
+    await ws.send(start)
+    error = await recv(ws)
+    assert (error["code"], error["reply"]) == ("bad_request", "late")
+    await ws.close()
+
+
 async def test_malformed_frames_over_the_rate_get_error_frames() -> None:
     limits = GatewayLimits(frames_per_s=1, frame_burst=2, flood_rejections=1000)
     gateway = Gateway(limits=limits)

@@ -184,6 +184,7 @@ def test_stop_ends_a_paused_reply_whose_generation_is_over(embedded: EmbeddedGat
         wait_until(lambda: not live.tasks, "generation over, its end held by the pause")
         reply.stop().wait(TIMEOUT)
         assert reply.finish == "stopped"
+        assert reply.usage is not None  # what the model reported is kept
         assert chat.send("and on").wait(TIMEOUT).finish == "stop"
 
 
@@ -357,6 +358,67 @@ def test_close_while_the_link_is_down_ends_the_reply_at_once(embedded: EmbeddedG
     assert reply.finish == "stopped"  # the user's own doing; the partial text stays
     assert reply.text
     assert time.monotonic() - began < 3.0  # the stop's grace, not the backoff's 30 s
+
+
+def test_a_refused_pause_leaves_the_reply_running_and_says_why() -> None:
+    limits = GatewayLimits(frames_per_s=0.5, frame_burst=3, flood_rejections=1000)
+    embedded = EmbeddedGateway(Gateway(token="t", limits=limits)).start()
+    try:
+        with Chat(url=embedded.url, token="t", tokens_per_s=100) as chat:
+            reply = chat.send("pause me, if the gateway lets you")  # hello, start: 2 frames
+            wait_until(lambda: len(reply.chunks) >= 1, "streaming")
+            reply.pause()  # the third frame: within the burst
+            wait_until(lambda: reply.status == "paused", "paused")
+            reply.resume()  # over the rate: refused
+            wait_until(lambda: "rate_limited" in chat.error, "the refusal shown")
+            assert not reply.finished  # still paused at the gateway, not ended
+            time.sleep(2.5)  # the bucket refills
+            reply.resume().wait(TIMEOUT)
+            assert reply.finish == "stop"
+            assert reply.text == direct_text(embedded, "pause me, if the gateway lets you")
+    finally:
+        embedded.close()
+
+
+def test_a_message_sent_while_reconnecting_to_a_new_session_is_answered(
+    embedded: EmbeddedGateway,
+) -> None:
+    gateway, loop = embedded.gateway, embedded._loop
+    backoff = Backoff(initial_s=0.05, cap_s=0.1)
+    with Chat(url=embedded.url, token=embedded.token, tokens_per_s=0, backoff=backoff) as chat:
+        assert chat.send("first").wait(TIMEOUT).finish == "stop"
+        asyncio.run_coroutine_threadsafe(gateway.stop_listening(), loop).result(TIMEOUT)
+        wait_until(lambda: chat.status == "reconnecting", "reconnecting")
+        reply = chat.send("sent while the link was down")  # its start never reached it
+
+        async def restart_without_sessions() -> None:
+            gateway.sessions.clear()
+            await gateway.start()
+
+        asyncio.run_coroutine_threadsafe(restart_without_sessions(), loop).result(TIMEOUT)
+        reply.wait(TIMEOUT)
+        assert reply.finish == "stop", reply.error  # sent again in the new session
+        assert chat.status_detail.startswith("new session")
+
+
+def test_retry_after_a_failed_first_connect_learns_the_models() -> None:
+    from nbchat.gateway.providers import DemoProvider
+    from nbchat.gateway.server import ModelRoute
+
+    routes = {"fast": ModelRoute(DemoProvider(), "demo")}
+    embedded = EmbeddedGateway(Gateway(models=routes, token="t")).start()
+    gateway, loop = embedded.gateway, embedded._loop
+    try:
+        asyncio.run_coroutine_threadsafe(gateway.stop_listening(), loop).result(TIMEOUT)
+        with Chat(url=embedded.url, token="t", tokens_per_s=0) as chat:
+            wait_until(lambda: chat.status == "offline", "offline")
+            asyncio.run_coroutine_threadsafe(gateway.start(), loop).result(TIMEOUT)
+            chat.reconnect()
+            wait_until(lambda: chat.status == "connected", "connected")
+            assert chat.models == ["fast"]
+            assert chat.send("hi").wait(TIMEOUT).finish == "stop"
+    finally:
+        embedded.close()
 
 
 def test_the_default_backoff_gives_up_after_30_s() -> None:

@@ -232,10 +232,10 @@ class ClientConnection:
         # Requests not answered yet (a frame written just before a cut may never have
         # arrived, or was sent while the link was down) go out again, once, in order,
         # before anything sent later. A cut meanwhile is seen by the link task.
-        if welcome.resumed:
-            with contextlib.suppress(ConnectionClosed):
-                for request in self.session.unanswered():
-                    await websocket.send(encode(request))
+        # (After a new-session welcome only starts the lost session never saw are left.)
+        with contextlib.suppress(ConnectionClosed):
+            for request in self.session.unanswered():
+                await websocket.send(encode(request))
         return websocket, welcome
 
     async def send(self, frame: ClientFrame) -> None:

@@ -44,6 +44,7 @@ from .protocol import (
     encode,
 )
 from .reply import Reply
+from .session import ReplyState
 from .transcript import Message, Transcript
 
 __all__ = ["ConnectionStatus", "Conversation", "ConversationListener"]
@@ -233,14 +234,10 @@ class Conversation:
             return True
         self._set_status("connecting")
         try:
-            welcome = await self._connection.open()
+            await self._connection.open()
         except GatewayUnavailable as exc:
             self._set_status("offline", str(exc))
             return False
-        self.models = list(welcome.models)
-        if self.model is None and self.models:
-            self.model = self.models[0]
-        self.listener.on_models(self.models)
         return True
 
     async def _work(self) -> None:
@@ -313,8 +310,14 @@ class Conversation:
     def _on_frame(self, frame: ServerFrame) -> None:
         in_flight = self._current
         if isinstance(frame, Welcome):
-            if not frame.resumed and in_flight is not None and in_flight.started:
-                # The gateway no longer knows the session: nothing more will come.
+            # Every welcome says what the gateway offers (a first connect by Retry too).
+            self.models = list(frame.models)
+            if self.model is None and self.models:
+                self.model = self.models[0]
+            self.listener.on_models(self.models)
+            if not frame.resumed and in_flight is not None and self._was_seen(in_flight):
+                # The gateway no longer knows the session: nothing more will come. (A
+                # start it never saw is sent again in the new session instead.)
                 self._end(
                     in_flight,
                     "error",
@@ -353,13 +356,22 @@ class Conversation:
             self.listener.on_reply_status(reply)
         elif isinstance(frame, Snapshot):
             self._apply_snapshot(in_flight, frame)
-        elif isinstance(frame, Error) and frame.seq is None and reply.status == "pending":
-            # The gateway rejected the start itself: nothing more will come for it.
-            self._end(in_flight, "error", error=frame.message, code=frame.code)
+        elif isinstance(frame, Error) and frame.seq is None:
+            if not self._was_seen(in_flight):
+                # The start itself was refused (a started event would have come before
+                # any refusal of a later request): nothing more will come for it.
+                self._end(in_flight, "error", error=frame.message, code=frame.code)
+            else:  # a pause, resume or stop was refused: say so, the reply goes on
+                self._set_status(self.status, f"{frame.code}: {frame.message}")
         elif isinstance(frame, Done):
             view = self._connection.session.replies[reply.id]
             message.usage = frame.usage
             self._end(in_flight, frame.finish, error=view.error, code=view.error_code)
+
+    def _was_seen(self, in_flight: _InFlight) -> bool:
+        """Whether the gateway has sent any event of this reply (it took the start)."""
+        view = self._connection.session.replies.get(in_flight.reply.id)
+        return view is not None and view.state is not ReplyState.PENDING
 
     def _apply_snapshot(self, in_flight: _InFlight, frame: Snapshot) -> None:
         """After a resume gap: what the snapshot has beyond our text arrives as one

@@ -331,6 +331,9 @@ class GatewaySession:
             )
             return []
         events = self._release_held(progress)
+        if progress.held_done is not None and usage is None:
+            # Stopped while paused after the model had finished: keep what it reported.
+            usage, timing = progress.held_done.usage, timing or progress.held_done.timing
         progress.held_done = None
         progress.state = _STATE_BY_FINISH[finish]
         if error is not None:
@@ -458,7 +461,15 @@ class ClientSession:
             self.session_id, self._welcome_seq = frame.session, frame.last_seq
             if not frame.resumed:
                 self.last_seq = 0  # a new session numbers from the start
-                self._unanswered.clear()  # requests of the lost session go nowhere
+                # Requests of the lost session go nowhere, but a start that never got
+                # an answer is sent again in the new one (it was never run).
+                self._unanswered = [
+                    f
+                    for f in self._unanswered
+                    if isinstance(f, Start)
+                    and (view := self.replies.get(f.reply)) is not None
+                    and view.state is ReplyState.PENDING
+                ]
             return True
         if isinstance(frame, Error) and frame.code == "resume_gap":
             # Snapshots follow for everything up to the welcome's last_seq.
@@ -469,7 +480,12 @@ class ClientSession:
             self._answered(frame, frame.reply)
             return True
         if isinstance(frame, Error) and frame.seq is None and frame.reply is not None:
-            self._answered(frame, frame.reply)  # a refused request is answered too
+            # A refusal before any event of the reply refuses its start (the gateway
+            # answers in order); a later one refuses a control request, which stays
+            # unanswered and is tried again after a resume.
+            view = self.replies.get(frame.reply)
+            if view is None or view.state is ReplyState.PENDING:
+                self._answered(frame, frame.reply)
         seq = getattr(frame, "seq", None)
         if seq is not None:
             if seq <= self.last_seq:

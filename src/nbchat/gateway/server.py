@@ -109,7 +109,7 @@ class _Close:
     reason: str
 
 
-# A frame's "reply" field near its start. Found by a bounded scan, not by parsing: a
+# A frame's "reply" field, found by a scan (linear in the frame), not by parsing: a
 # refused frame (over the rate, or malformed) must cost next to nothing.
 _REPLY_FIELD: Final = re.compile(r'"reply"\s*:\s*("(?:[^"\\]|\\.){1,256}")')
 
@@ -118,7 +118,7 @@ def _reply_named_in(message: str | bytes) -> str | None:
     """The reply a refused frame was about, so the client can fail it at once."""
     if not isinstance(message, str):
         return None
-    match = _REPLY_FIELD.search(message, 0, 4096)
+    match = _REPLY_FIELD.search(message)  # linear: each match is at most 270 chars
     if match is None:
         return None
     try:
@@ -201,6 +201,8 @@ class Gateway:
     def port(self) -> int:
         if self._server is None:
             raise RuntimeError("the gateway is not started")
+        if not self._server.sockets and self._address is not None:
+            return self._address[1]  # stopped listening: the address it will take again
         return int(self._server.sockets[0].getsockname()[1])
 
     def url(self, host: str = "127.0.0.1") -> str:
@@ -548,6 +550,8 @@ class GatewayConnection:
                     continue
                 if len(message) > DECODE_IN_THREAD_BYTES:
                     decoded = await asyncio.to_thread(_decode, message)
+                    if self._closing:
+                        continue  # taken over or closed while it was decoded
                 else:
                     decoded = _decode(message)
                     # Frames already buffered would be handled back to back: let the
