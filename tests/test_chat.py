@@ -10,7 +10,9 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
+import pandas
 import pytest
 
 from nbchat import Chat, Reply
@@ -272,3 +274,27 @@ def test_nbchat_serve_works_like_the_embedded_gateway(served: str) -> None:
         wait_until(lambda: len(second.chunks) >= 3, "a few chunks")
         second.stop().wait(TIMEOUT)
         assert second.finish == "stopped"
+
+
+def test_save_load_and_from_dataframe_continue_the_conversation(
+    embedded: EmbeddedGateway, tmp_path: Path
+) -> None:
+    with Chat(url=embedded.url, token=embedded.token, tokens_per_s=0, system="Be brief.") as chat:
+        for prompt in ("first question", "second question", "third question"):
+            chat.send(prompt).wait(TIMEOUT)
+        frame = chat.to_dataframe()
+        path = chat.save(tmp_path / "chat.json")
+    with Chat.load(path, url=embedded.url, token=embedded.token, tokens_per_s=0) as loaded:
+        assert loaded.system == "Be brief."
+        pandas.testing.assert_frame_equal(loaded.to_dataframe(), frame)
+        reply = loaded.send("fourth question").wait(TIMEOUT)
+        # The demo model's reply depends on the history: it was sent.
+        assert "This is turn 4 of our conversation; it began with “first question”." in reply.text
+    kept = frame[frame["turn"] >= 2]
+    with Chat.from_dataframe(
+        kept, url=embedded.url, token=embedded.token, tokens_per_s=0
+    ) as rebuilt:
+        assert [m["content"] for m in rebuilt.messages] == list(kept["content"])
+        reply = rebuilt.send("and now?").wait(TIMEOUT)
+        assert "it began with “second question”" in reply.text
+        assert "**You**\n\nsecond question" in rebuilt.to_markdown()

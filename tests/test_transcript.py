@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import math
+import re
+
+import pytest
 
 from nbchat.protocol import ChatMessage
-from nbchat.transcript import COLUMNS, Transcript
+from nbchat.transcript import (
+    COLUMNS,
+    FORMAT,
+    FORMAT_VERSION,
+    Transcript,
+    transcript_from_json,
+    transcript_from_records,
+    transcript_to_json,
+    transcript_to_markdown,
+)
 
 
 def make() -> Transcript:
@@ -62,3 +75,63 @@ def test_dataframe_has_every_column_with_nulls_for_user_rows() -> None:
     assert assistant["tokens_per_s"] == 10.0
     assert str(frame["created_at"].dt.tz) == "UTC"
     assert frame.iloc[3]["error"] == "boom"
+
+
+def test_json_round_trip_keeps_every_field() -> None:
+    original = make()
+    loaded = transcript_from_json(json.loads(json.dumps(transcript_to_json(original))))
+    assert loaded.system == original.system
+    assert loaded.to_records() == original.to_records()
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        ({"format": "something else"}, "not an nbchat transcript"),
+        (
+            {"format": FORMAT, "version": FORMAT_VERSION + 1, "messages": []},
+            f"saved by a newer nbchat (format version {FORMAT_VERSION + 1}); this one reads "
+            f"version {FORMAT_VERSION}: upgrade nbchat to load it",
+        ),
+        ({"format": FORMAT, "version": 1, "messages": [{"role": "bot"}]}, "message 0 needs"),
+        (
+            {
+                "format": FORMAT,
+                "version": 1,
+                "messages": [{"role": "user", "content": "x", "turn": "1"}],
+            },
+            "message 0: turn has the wrong type",
+        ),
+    ],
+)
+def test_a_file_nbchat_cannot_read_says_why(data: object, problem: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(problem)):
+        transcript_from_json(data)
+
+
+def test_a_reply_saved_mid_stream_loads_as_stopped() -> None:
+    t = Transcript()
+    t.add_user("hi", at=0.0)
+    t.add_assistant(reply_id="r", model="demo", at=0.0).content = "half"
+    loaded = transcript_from_json(transcript_to_json(t))
+    assert loaded.messages[-1].finish == "stopped"
+    assert loaded.messages[-1].content == "half"
+
+
+def test_records_rebuild_the_transcript_with_fresh_turns() -> None:
+    records = [r for r in make().to_records() if r["turn"] == 2] + make().to_records()[:2]
+    rebuilt = transcript_from_records(records, system="Be brief.")
+    assert [(m.turn, m.role, m.content) for m in rebuilt.messages] == [
+        (1, "user", "again"),
+        (1, "assistant", ""),
+        (2, "user", "hi"),
+        (2, "assistant", "hello"),
+    ]
+    assert rebuilt.messages[3].usage == {"prompt_tokens": 4, "completion_tokens": 20}
+
+
+def test_markdown_has_authors_texts_and_a_timing_footer() -> None:
+    text = transcript_to_markdown(make())
+    assert text.startswith("**System:** Be brief.\n\n**You**\n\nhi\n\n**demo**\n\nhello\n\n")
+    assert "*demo · first token 0.50 s · 2.5 s · 10 tokens/s*" in text
+    assert "*demo · error · error: boom*" in text

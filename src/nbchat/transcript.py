@@ -9,12 +9,27 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Final
 
-from .protocol import ChatMessage, FinishReason, Role
+from .protocol import FINISH_REASONS, ROLES, ChatMessage, FinishReason, Role
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["COLUMNS", "Message", "Transcript"]
+__all__ = [
+    "COLUMNS",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "Message",
+    "Transcript",
+    "transcript_from_json",
+    "transcript_from_records",
+    "transcript_to_json",
+    "transcript_to_markdown",
+]
+
+# The portable file (Transcript.to_json): a named format and a version, so a file from
+# a newer nbchat is refused with a clear message instead of being misread.
+FORMAT: Final = "nbchat.transcript"
+FORMAT_VERSION: Final = 1
 
 # Columns of to_dataframe(), in order. User rows have nulls where timing does not apply.
 COLUMNS: Final = (
@@ -187,3 +202,152 @@ def _record(message: Message) -> dict[str, Any]:
     data["prompt_tokens"] = usage.get("prompt_tokens")
     data["completion_tokens"] = usage.get("completion_tokens")
     return {c: data.get(c) for c in COLUMNS}
+
+
+# --- portable forms: JSON, a DataFrame back, Markdown ----------------------------
+
+# Message fields a saved file carries, with the types each may hold (None always may).
+_SAVED: Final[dict[str, tuple[type, ...]]] = {
+    "turn": (int,),
+    "created_at": (int, float),
+    "model": (str,),
+    "finish": (str,),
+    "first_token_s": (int, float),
+    "duration_s": (int, float),
+    "chunks": (int,),
+    "usage": (dict,),
+    "error": (str,),
+    "reply_id": (str,),
+    "reasoning": (str,),
+}
+
+
+def transcript_to_json(transcript: Transcript) -> dict[str, Any]:
+    """The transcript as a JSON-ready dict (see :data:`FORMAT`)."""
+    messages = []
+    for m in transcript.messages:
+        data = {"role": m.role, "content": m.content}
+        data.update({name: getattr(m, name) for name in _SAVED})
+        messages.append(data)
+    return {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "system": transcript.system,
+        "messages": messages,
+    }
+
+
+def transcript_from_json(data: Any) -> Transcript:
+    """Read what :func:`transcript_to_json` wrote; raise ``ValueError`` saying what is
+    wrong with anything else (including a file from a newer nbchat)."""
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ValueError(f"not an nbchat transcript (expected format {FORMAT!r})")
+    version = data.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ValueError("the transcript has no valid format version")
+    if version > FORMAT_VERSION:
+        raise ValueError(
+            f"this transcript was saved by a newer nbchat (format version {version}); "
+            f"this one reads version {FORMAT_VERSION}: upgrade nbchat to load it"
+        )
+    system, raw = data.get("system"), data.get("messages")
+    if system is not None and not isinstance(system, str):
+        raise ValueError("the transcript's system prompt must be text")
+    if not isinstance(raw, list):
+        raise ValueError("the transcript's messages must be a list")
+    transcript = Transcript(system=system)
+    for i, item in enumerate(raw):
+        transcript.messages.append(_message_from(item, f"message {i}"))
+    return transcript
+
+
+def _message_from(item: Any, where: str) -> Message:
+    if not isinstance(item, dict):
+        raise ValueError(f"{where} must be an object")
+    role, content = item.get("role"), item.get("content")
+    if role not in ROLES or not isinstance(content, str):
+        raise ValueError(f"{where} needs a role ({', '.join(ROLES)}) and text content")
+    fields_: dict[str, Any] = {}
+    for name, types_ in _SAVED.items():
+        value = item.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, types_)):
+            raise ValueError(f"{where}: {name} has the wrong type")
+        fields_[name] = value
+    if fields_["finish"] is not None and fields_["finish"] not in FINISH_REASONS:
+        raise ValueError(f"{where}: finish must be one of {', '.join(FINISH_REASONS)}")
+    if role == "assistant" and fields_["finish"] is None:
+        fields_["finish"] = "stopped"  # saved mid-reply: it can only have stopped there
+    return Message(
+        turn=fields_.pop("turn") or 0,
+        role=role,
+        content=content,
+        created_at=float(fields_.pop("created_at") or 0.0),
+        **fields_,
+    )
+
+
+def transcript_from_records(records: list[dict[str, Any]], system: str | None = None) -> Transcript:
+    """A transcript from rows shaped like :meth:`Transcript.to_records`, with plain
+    values (None for missing, ``created_at`` in Unix seconds): a DataFrame from
+    ``to_dataframe()``, maybe filtered or edited. Turns are numbered afresh."""
+    transcript = Transcript(system=system)
+    turn = 0
+    for i, data in enumerate(records):
+        role, content = data.get("role"), data.get("content")
+        if role not in ROLES or not isinstance(content, str):
+            raise ValueError(f"row {i} needs a role ({', '.join(ROLES)}) and text content")
+        turn += role == "user"
+        usage = {
+            k: data[k] for k in ("prompt_tokens", "completion_tokens") if data.get(k) is not None
+        }
+        created = data.get("created_at")
+        finish = data.get("finish")
+        if role == "assistant" and finish is None:
+            finish = "stopped"
+        transcript.messages.append(
+            Message(
+                turn=max(turn, 1),
+                role=role,
+                content=content,
+                created_at=float(created) if created is not None else 0.0,
+                model=data.get("model"),
+                finish=finish,
+                first_token_s=data.get("first_token_s"),
+                duration_s=data.get("duration_s"),
+                chunks=data.get("chunks"),
+                usage=usage or None,
+                error=data.get("error"),
+                reply_id=data.get("reply_id"),
+                reasoning=data.get("reasoning"),
+            )
+        )
+    return transcript
+
+
+def transcript_to_markdown(transcript: Transcript) -> str:
+    """The conversation as Markdown: each message under its author (You, or the model),
+    and after each reply a footer line with how it ended and its timing."""
+    parts: list[str] = []
+    if transcript.system:
+        parts.append(f"**System:** {transcript.system}")
+    for m in transcript.messages:
+        if m.role == "user":
+            parts.append(f"**You**\n\n{m.content}")
+            continue
+        if m.role == "system":
+            parts.append(f"**System:** {m.content}")
+            continue
+        parts.append(f"**{m.model or 'assistant'}**\n\n{m.content or '*(no text)*'}")
+        footer = [m.model or "assistant"]
+        if m.finish and m.finish != "stop":
+            footer.append({"length": "cut at max tokens"}.get(m.finish, m.finish))
+        if m.first_token_s is not None:
+            footer.append(f"first token {m.first_token_s:.2f} s")
+        if m.duration_s is not None:
+            footer.append(f"{m.duration_s:.1f} s")
+        if m.tokens_per_s is not None:
+            footer.append(f"{m.tokens_per_s:.0f} tokens/s")
+        if m.error:
+            footer.append(f"error: {m.error}")
+        parts.append("*" + " · ".join(footer) + "*")
+    return "\n\n".join(parts) + "\n"

@@ -8,6 +8,8 @@ lives in :class:`~nbchat.conversation.Conversation`, which calls back into
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,6 +23,14 @@ from .conversation import ConnectionStatus, Conversation, ConversationListener
 from .gateway.embedded import shared_gateway
 from .pane import StreamBatcher, TranscriptSync, parse_command
 from .reply import Reply
+from .store import shared_store
+from .transcript import (
+    Transcript,
+    transcript_from_json,
+    transcript_from_records,
+    transcript_to_json,
+    transcript_to_markdown,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -51,6 +61,9 @@ class Chat(anywidget.AnyWidget):
     sent with every message (``tokens_per_s``, ``max_tokens``, ``temperature``, ...).
     ``max_history_chars`` bounds the history sent with each message: the oldest turns
     are left out (the transcript keeps them) so a long conversation stays sendable.
+    ``conversation="name"`` keeps the conversation on disk as it is made (see
+    :func:`nbchat.conversations`) and resumes it when a Chat of that name is made again,
+    after a kernel restart too.
 
     ``send()`` returns a :class:`~nbchat.reply.Reply` at once; a send while a reply
     streams is queued and starts when that reply ends.
@@ -84,6 +97,7 @@ class Chat(anywidget.AnyWidget):
         backoff: Backoff | None = None,
         heartbeat_s: float = DEFAULT_HEARTBEAT_S,
         max_history_chars: int | None = None,
+        conversation: str | None = None,
         **params: Any,
     ) -> None:
         super().__init__()
@@ -104,6 +118,8 @@ class Chat(anywidget.AnyWidget):
             backoff=backoff,
             heartbeat_s=heartbeat_s,
             max_history_chars=max_history_chars,
+            name=conversation,
+            store=shared_store() if conversation is not None else None,
         )
         self.on_msg(self._on_pane_message)
         _keep_pane_messages_on_their_subshell(self.comm)
@@ -191,6 +207,55 @@ class Chat(anywidget.AnyWidget):
     def clear(self) -> None:
         """Stop what is running, drop queued messages and start a fresh transcript."""
         self._conversation.clear()
+
+    def to_markdown(self) -> str:
+        """The conversation as Markdown: each message under its author, and after each
+        reply a footer line with the model, how it ended and its timing."""
+        with self._conversation.lock:
+            return transcript_to_markdown(self._conversation.transcript)
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the conversation to a portable JSON file (format version
+        :data:`~nbchat.transcript.FORMAT_VERSION`); :meth:`load` reads it back."""
+        with self._conversation.lock:
+            data = transcript_to_json(self._conversation.transcript)
+        target = Path(path)
+        target.write_text(json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")
+        return target
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], **kwargs: Any) -> Chat:
+        """A new Chat that continues the conversation saved by :meth:`save` (its system
+        prompt too, unless ``system=`` is given). Other arguments are as for ``Chat()``.
+        Raises ``ValueError`` for a file that is not a transcript nbchat can read."""
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path} is not JSON: {exc}") from None
+        return cls._continuing(transcript_from_json(data), kwargs)
+
+    @classmethod
+    def from_dataframe(cls, frame: pd.DataFrame, **kwargs: Any) -> Chat:
+        """A new Chat whose history is the rows of ``frame`` (from :meth:`to_dataframe`,
+        maybe filtered or edited; ``role`` and ``content`` are required). Other
+        arguments are as for ``Chat()``."""
+        import pandas as pd
+
+        frame = frame.copy()
+        if "created_at" in frame:
+            stamps = pd.to_datetime(frame["created_at"], utc=True)
+            frame["created_at"] = [None if pd.isna(t) else t.timestamp() for t in stamps]
+        records = frame.astype(object).where(frame.notna(), None).to_dict("records")
+        return cls._continuing(transcript_from_records(records), kwargs)
+
+    @classmethod
+    def _continuing(cls, transcript: Transcript, kwargs: dict[str, Any]) -> Chat:
+        if kwargs.get("system") is None:
+            kwargs["system"] = transcript.system
+        transcript.system = kwargs["system"]
+        chat = cls(**kwargs)
+        chat._conversation.replace_transcript(transcript)
+        return chat
 
     def to_dataframe(self) -> pd.DataFrame:
         """The transcript as a pandas DataFrame, one row per message, with timing
