@@ -18,14 +18,6 @@ settings.register_profile("long", max_examples=50_000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
-@pytest.fixture(autouse=True)
-def _conversations_in_a_temporary_home(
-    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Named conversations go to a fresh NBCHAT_HOME, never the user's own."""
-    monkeypatch.setenv("NBCHAT_HOME", str(tmp_path_factory.mktemp("nbchat-home")))
-
-
 @pytest.fixture
 def embedded() -> Iterator[EmbeddedGateway]:
     """A fresh gateway of its own on a free loopback port, with a token."""

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import threading
 import time
 import uuid
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -47,12 +45,9 @@ from .protocol import (
 )
 from .reply import Reply
 from .session import ReplyState
-from .store import ConversationStore
 from .transcript import Message, Transcript
 
 __all__ = ["ConnectionStatus", "Conversation", "ConversationListener"]
-
-log = logging.getLogger("nbchat.conversation")
 
 ConnectionStatus = Literal["connecting", "connected", "reconnecting", "offline", "closed"]
 CLOSE_TIMEOUT_S = 5.0
@@ -100,8 +95,6 @@ class Conversation:
         backoff: Backoff | None = None,
         heartbeat_s: float = DEFAULT_HEARTBEAT_S,
         max_history_chars: int | None = None,
-        name: str | None = None,
-        store: ConversationStore | None = None,
     ) -> None:
         if system is not None:
             _check_sendable("system", system)
@@ -117,18 +110,6 @@ class Conversation:
         self.error: str | None = None
         self.listener = listener or ConversationListener()
         self.transcript = Transcript(system=system)
-        # A named conversation is kept in the store as it is made, and resumed from it.
-        self.name = name
-        self._store = store
-        self._saver: ThreadPoolExecutor | None = None
-        if name is not None and store is not None:
-            saved = store.load(name)
-            if saved is not None:
-                self.transcript = saved
-                if system is not None:
-                    self.transcript.system = system
-            # One thread, so saves land in the order made (last writer wins per message).
-            self._saver = ThreadPoolExecutor(1, thread_name_prefix="nbchat-store")
         # Guards the transcript, which the loop thread writes and callers read.
         self.lock = threading.RLock()
         self._loop = client_loop()
@@ -176,22 +157,11 @@ class Conversation:
         with self.lock:
             return self.transcript.to_records()
 
-    def replace_transcript(self, transcript: Transcript) -> None:
-        """Continue from ``transcript`` (a loaded or rebuilt history): the next message
-        carries it. Only between replies."""
-        with self.lock:
-            if self._current is not None or self._queued:
-                raise RuntimeError("a reply is running or queued; wait for it, or stop it")
-            self.transcript = transcript
-        self._persist(0)
-        self.listener.on_transcript()
-
     def clear(self) -> None:
         """Stop the reply in flight, drop queued ones and empty the transcript."""
         self._stop_all()
         with self.lock:
             self.transcript.clear()
-        self._persist(0)
         self.listener.on_transcript()
 
     def close(self) -> None:
@@ -205,8 +175,6 @@ class Conversation:
         # Closing must not raise for a link that already failed.
         with contextlib.suppress(Exception):
             self._worker.result(timeout=CLOSE_TIMEOUT_S)
-        if self._saver is not None:
-            self._saver.shutdown(wait=True)  # what was said is on disk when close returns
 
     async def _end_current_after(self, seconds: float) -> None:
         """Closing: a reply whose stop the gateway has not answered by then (the link
@@ -218,28 +186,6 @@ class Conversation:
             await asyncio.wait_for(in_flight.ended.wait(), seconds)
         if not in_flight.ended.is_set():
             self._end(in_flight, "stopped", error=None, code=None)
-
-    def _persist(self, start: int) -> None:
-        """Save a named conversation's messages from ``start`` on, off this thread."""
-        if self._saver is None or self._store is None or self.name is None:
-            return
-        with self.lock:
-            snapshot = Transcript(
-                system=self.transcript.system,
-                messages=[_copy(m) for m in self.transcript.messages],
-            )
-        try:
-            future = self._saver.submit(self._store.save, self.name, snapshot, start=max(start, 0))
-        except RuntimeError:  # closed: a late end after close() is not saved
-            return
-        future.add_done_callback(self._saved)
-
-    def _saved(self, future: Future[None]) -> None:
-        exc = future.exception()
-        if exc is not None:
-            log.warning("could not save conversation %r: %s", self.name, exc)
-            detail = f"could not save conversation {self.name!r}: {exc}"
-            self._loop.call_soon_threadsafe(self._set_status, self.status, detail)
 
     def _stop_all(self) -> None:
         with self.lock:
@@ -317,7 +263,6 @@ class Conversation:
             message = self.transcript.add_assistant(reply_id=reply.id, model=model, at=at)
         in_flight = _InFlight(reply, message, self._loop.time(), asyncio.Event())
         self._current = in_flight
-        self._persist(len(self.transcript.messages) - 2)
         self.listener.on_reply_start(reply)
         self.listener.on_transcript()
         if not await self._connect():
@@ -465,7 +410,6 @@ class Conversation:
             message.duration_s = self._loop.time() - in_flight.sent_at
         self._connection.session.forget(reply.id)  # the reply is over: keep none of it
         reply._end(finish, error=error, error_code=code, usage=message.usage)
-        self._persist(len(self.transcript.messages) - 1)  # with a stopped reply's partial text
         in_flight.ended.set()
         self.listener.on_reply_status(reply)
         self.listener.on_transcript()
@@ -503,9 +447,3 @@ def _too_large(exc: RequestTooLarge, history: tuple[ChatMessage, ...]) -> str:
         "history with Chat(max_history_chars=...), which leaves out the oldest turns, or "
         "start afresh with chat.clear()"
     )
-
-
-def _copy(message: Message) -> Message:
-    copy = Message(**{k: getattr(message, k) for k in message.__dataclass_fields__})
-    copy.usage = dict(message.usage) if message.usage is not None else None
-    return copy
