@@ -298,3 +298,40 @@ def test_save_load_and_from_dataframe_continue_the_conversation(
         reply = rebuilt.send("and now?").wait(TIMEOUT)
         assert "it began with “second question”" in reply.text
         assert "**You**\n\nsecond question" in rebuilt.to_markdown()
+
+
+def test_a_failed_save_leaves_the_existing_file_whole(chat: Chat, tmp_path: Path) -> None:
+    chat.send("keep me").wait(TIMEOUT)
+    path = chat.save(tmp_path / "chat.json")
+    before = path.read_bytes()
+    chat._conversation.transcript.messages[0].content = "caf\udce9"  # cannot be written
+    with pytest.raises(UnicodeEncodeError):
+        chat.save(path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["chat.json"]  # no partial file left
+
+
+def test_load_refuses_what_it_cannot_hold_and_reads_a_bom(
+    embedded: EmbeddedGateway, tmp_path: Path
+) -> None:
+    args = {"url": embedded.url, "token": embedded.token}
+    with Chat(tokens_per_s=0, **args) as chat:
+        chat.send("hello").wait(TIMEOUT)
+        path = chat.save(tmp_path / "chat.json")
+    text = path.read_text(encoding="utf-8")
+    bom = tmp_path / "bom.json"
+    bom.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    with Chat.load(bom, **args) as loaded:
+        assert loaded.messages[0]["content"] == "hello"
+    nan = tmp_path / "nan.json"
+    nan.write_text(text.replace('"created_at": ', '"created_at": NaN, "x": ', 1))
+    with pytest.raises(ValueError, match="NaN is not a number a transcript can hold"):
+        Chat.load(nan, **args)
+
+
+def test_from_dataframe_reads_numeric_created_at_as_unix_seconds(
+    embedded: EmbeddedGateway,
+) -> None:
+    frame = pandas.DataFrame([{"role": "user", "content": "hi", "created_at": 1_700_000_000.0}])
+    with Chat.from_dataframe(frame, url=embedded.url, token=embedded.token) as chat:
+        assert chat.messages[0]["created_at"] == 1_700_000_000.0

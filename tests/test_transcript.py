@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from pathlib import Path
 
 import pytest
 
@@ -135,3 +136,35 @@ def test_markdown_has_authors_texts_and_a_timing_footer() -> None:
     assert text.startswith("**System:** Be brief.\n\n**You**\n\nhi\n\n**demo**\n\nhello\n\n")
     assert "*demo · first token 0.50 s · 2.5 s · 10 tokens/s*" in text
     assert "*demo · error · error: boom*" in text
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"usage": {"completion_tokens": "many"}}, "usage must map names to whole numbers"),
+        ({"finish": "done"}, "finish must be one of"),
+        ({"chunks": 2.5}, "chunks must be a whole number"),
+        ({"created_at": 1e300}, "created_at must be Unix time in seconds"),
+        ({"content": "caf\udce9"}, "lone surrogate"),
+        ({"model": 7}, "model has the wrong type"),
+    ],
+)
+def test_each_saved_field_is_checked(change: dict[str, object], problem: str) -> None:
+    data = transcript_to_json(make())
+    data["messages"][1].update(change)
+    with pytest.raises(ValueError, match=re.escape(problem)):
+        transcript_from_json(data)
+
+
+def test_records_from_a_csv_round_trip_load(tmp_path: Path) -> None:
+    pandas = pytest.importorskip("pandas")
+    path = tmp_path / "t.csv"
+    make().to_dataframe().to_csv(path, index=False)
+    records = (
+        pandas.read_csv(path).astype(object).where(pandas.read_csv(path).notna(), None)
+    ).to_dict("records")
+    for record in records:  # as Chat.from_dataframe does with a text column
+        record["created_at"] = pandas.Timestamp(record["created_at"]).timestamp()
+    rebuilt = transcript_from_records(records)
+    assert rebuilt.messages[1].chunks == 10  # a float column back to a whole number
+    assert rebuilt.messages[1].usage == {"prompt_tokens": 4, "completion_tokens": 20}

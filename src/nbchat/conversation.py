@@ -157,6 +157,15 @@ class Conversation:
         with self.lock:
             return self.transcript.to_records()
 
+    def replace_transcript(self, transcript: Transcript) -> None:
+        """Continue from ``transcript`` (a loaded or rebuilt history): the next message
+        carries it. Only between replies."""
+        with self.lock:
+            if self._current is not None or self._queued:
+                raise RuntimeError("a reply is running or queued; wait for it, or stop it")
+            self.transcript = transcript
+        self.listener.on_transcript()
+
     def clear(self) -> None:
         """Stop the reply in flight, drop queued ones and empty the transcript."""
         self._stop_all()

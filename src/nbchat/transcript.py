@@ -6,6 +6,7 @@ works without it until a DataFrame is asked for.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Final
 
@@ -262,6 +263,8 @@ def transcript_from_json(data: Any) -> Transcript:
 
 
 def _message_from(item: Any, where: str) -> Message:
+    """One saved message, checked field by field: what loads here is what a Chat can
+    show, send and save again."""
     if not isinstance(item, dict):
         raise ValueError(f"{where} must be an object")
     role, content = item.get("role"), item.get("content")
@@ -270,11 +273,31 @@ def _message_from(item: Any, where: str) -> Message:
     fields_: dict[str, Any] = {}
     for name, types_ in _SAVED.items():
         value = item.get(name)
+        if isinstance(value, float) and int in types_ and float not in types_:
+            if not value.is_integer():
+                raise ValueError(f"{where}: {name} must be a whole number, not {value!r}")
+            value = int(value)  # a DataFrame or CSV makes integer columns float
         if value is not None and (isinstance(value, bool) or not isinstance(value, types_)):
             raise ValueError(f"{where}: {name} has the wrong type")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{where}: {name} must be a finite number")
         fields_[name] = value
     if fields_["finish"] is not None and fields_["finish"] not in FINISH_REASONS:
         raise ValueError(f"{where}: finish must be one of {', '.join(FINISH_REASONS)}")
+    created = fields_["created_at"]
+    if created is not None and not 0 <= created < 1e11:
+        raise ValueError(f"{where}: created_at must be Unix time in seconds")
+    usage = fields_["usage"]
+    if usage is not None:
+        for key, count in usage.items():
+            if not isinstance(key, str) or isinstance(count, bool) or not isinstance(count, int):
+                raise ValueError(f"{where}: usage must map names to whole numbers")
+    for text in (content, fields_["model"], fields_["error"], fields_["reasoning"]):
+        if isinstance(text, str):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(f"{where}: text contains a lone surrogate") from None
     if role == "assistant" and fields_["finish"] is None:
         fields_["finish"] = "stopped"  # saved mid-reply: it can only have stopped there
     return Message(
@@ -289,38 +312,26 @@ def _message_from(item: Any, where: str) -> Message:
 def transcript_from_records(records: list[dict[str, Any]], system: str | None = None) -> Transcript:
     """A transcript from rows shaped like :meth:`Transcript.to_records`, with plain
     values (None for missing, ``created_at`` in Unix seconds): a DataFrame from
-    ``to_dataframe()``, maybe filtered or edited. Turns are numbered afresh."""
+    ``to_dataframe()``, maybe filtered or edited. Each row is checked as a saved
+    message is; turns are numbered afresh."""
     transcript = Transcript(system=system)
     turn = 0
     for i, data in enumerate(records):
-        role, content = data.get("role"), data.get("content")
-        if role not in ROLES or not isinstance(content, str):
-            raise ValueError(f"row {i} needs a role ({', '.join(ROLES)}) and text content")
-        turn += role == "user"
         usage = {
             k: data[k] for k in ("prompt_tokens", "completion_tokens") if data.get(k) is not None
         }
-        created = data.get("created_at")
-        finish = data.get("finish")
-        if role == "assistant" and finish is None:
-            finish = "stopped"
-        transcript.messages.append(
-            Message(
-                turn=max(turn, 1),
-                role=role,
-                content=content,
-                created_at=float(created) if created is not None else 0.0,
-                model=data.get("model"),
-                finish=finish,
-                first_token_s=data.get("first_token_s"),
-                duration_s=data.get("duration_s"),
-                chunks=data.get("chunks"),
-                usage=usage or None,
-                error=data.get("error"),
-                reply_id=data.get("reply_id"),
-                reasoning=data.get("reasoning"),
-            )
-        )
+        usage = {
+            k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in usage.items()
+        }
+        item = {name: data.get(name) for name in _SAVED}
+        content = data.get("content")
+        # An empty text cell comes back from CSV and friends as missing.
+        item.update(role=data.get("role"), content="" if content is None else content)
+        item["usage"] = usage or None
+        message = _message_from(item, f"row {i}")
+        turn += message.role == "user"
+        message.turn = max(turn, 1)
+        transcript.messages.append(message)
     return transcript
 
 

@@ -23,7 +23,6 @@ from .conversation import ConnectionStatus, Conversation, ConversationListener
 from .gateway.embedded import shared_gateway
 from .pane import StreamBatcher, TranscriptSync, parse_command
 from .reply import Reply
-from .store import shared_store
 from .transcript import (
     Transcript,
     transcript_from_json,
@@ -61,9 +60,6 @@ class Chat(anywidget.AnyWidget):
     sent with every message (``tokens_per_s``, ``max_tokens``, ``temperature``, ...).
     ``max_history_chars`` bounds the history sent with each message: the oldest turns
     are left out (the transcript keeps them) so a long conversation stays sendable.
-    ``conversation="name"`` keeps the conversation on disk as it is made (see
-    :func:`nbchat.conversations`) and resumes it when a Chat of that name is made again,
-    after a kernel restart too.
 
     ``send()`` returns a :class:`~nbchat.reply.Reply` at once; a send while a reply
     streams is queued and starts when that reply ends.
@@ -97,7 +93,6 @@ class Chat(anywidget.AnyWidget):
         backoff: Backoff | None = None,
         heartbeat_s: float = DEFAULT_HEARTBEAT_S,
         max_history_chars: int | None = None,
-        conversation: str | None = None,
         **params: Any,
     ) -> None:
         super().__init__()
@@ -118,8 +113,6 @@ class Chat(anywidget.AnyWidget):
             backoff=backoff,
             heartbeat_s=heartbeat_s,
             max_history_chars=max_history_chars,
-            name=conversation,
-            store=shared_store() if conversation is not None else None,
         )
         self.on_msg(self._on_pane_message)
         _keep_pane_messages_on_their_subshell(self.comm)
@@ -219,8 +212,16 @@ class Chat(anywidget.AnyWidget):
         :data:`~nbchat.transcript.FORMAT_VERSION`); :meth:`load` reads it back."""
         with self._conversation.lock:
             data = transcript_to_json(self._conversation.transcript)
+        text = json.dumps(data, ensure_ascii=False, indent=1, allow_nan=False).encode("utf-8")
         target = Path(path)
-        target.write_text(json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")
+        # Written beside it, then moved over it: an existing file is replaced whole or
+        # not at all, whatever fails midway.
+        partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.partial")
+        try:
+            partial.write_bytes(text)
+            os.replace(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)
         return target
 
     @classmethod
@@ -229,9 +230,13 @@ class Chat(anywidget.AnyWidget):
         prompt too, unless ``system=`` is given). Other arguments are as for ``Chat()``.
         Raises ``ValueError`` for a file that is not a transcript nbchat can read."""
         try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path} is not JSON: {exc}") from None
+            data = json.loads(
+                Path(path).read_text(encoding="utf-8-sig"), parse_constant=_no_constants
+            )
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{path} is not a JSON file: {exc}") from None
+        except RecursionError:
+            raise ValueError(f"{path} is nested too deeply to be a transcript") from None
         return cls._continuing(transcript_from_json(data), kwargs)
 
     @classmethod
@@ -243,7 +248,9 @@ class Chat(anywidget.AnyWidget):
 
         frame = frame.copy()
         if "created_at" in frame:
-            stamps = pd.to_datetime(frame["created_at"], utc=True)
+            column = frame["created_at"]
+            numeric = pd.api.types.is_numeric_dtype(column)  # already Unix seconds
+            stamps = pd.to_datetime(column, utc=True, unit="s" if numeric else None)
             frame["created_at"] = [None if pd.isna(t) else t.timestamp() for t in stamps]
         records = frame.astype(object).where(frame.notna(), None).to_dict("records")
         return cls._continuing(transcript_from_records(records), kwargs)
@@ -254,7 +261,11 @@ class Chat(anywidget.AnyWidget):
             kwargs["system"] = transcript.system
         transcript.system = kwargs["system"]
         chat = cls(**kwargs)
-        chat._conversation.replace_transcript(transcript)
+        try:
+            chat._conversation.replace_transcript(transcript)
+        except BaseException:
+            chat.close()
+            raise
         return chat
 
     def to_dataframe(self) -> pd.DataFrame:
@@ -378,3 +389,7 @@ class _TraitBridge(ConversationListener):
             message = batcher.snapshot()
             if message is not None:
                 self.chat._push(message)
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not a number a transcript can hold")
