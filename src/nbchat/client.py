@@ -33,6 +33,8 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketExce
 from . import __version__
 from .backoff import Backoff
 from .protocol import (
+    CLOSE_TAKEN_OVER,
+    DEFAULT_MAX_FRAME_BYTES,
     ClientFrame,
     Error,
     Hello,
@@ -63,9 +65,6 @@ DEFAULT_HEARTBEAT_S: Final = 10.0
 CLOSE_TIMEOUT_S: Final = 1.0
 # The largest frame accepted from the gateway: a snapshot of a long reply is one frame.
 MAX_RECEIVE_BYTES: Final = 64 * 1024 * 1024
-# Assumed when a gateway's welcome does not say (as the gateway's own default).
-DEFAULT_MAX_FRAME_BYTES: Final = 1024 * 1024
-CLOSE_TAKEN_OVER: Final = 4001  # the gateway's code: another connection has the session
 CLOSE_TOO_BIG: Final = 1009
 
 
@@ -170,9 +169,6 @@ class ClientConnection:
             websocket, welcome = await self._connect(OPEN_TIMEOUT_S)
         finally:
             self._opening = False
-        if self._link is not None and not self._link.done():  # cannot happen; never two
-            await websocket.close()
-            raise GatewayUnavailable("the link to the gateway is already being restored")
         self._set_state("connected")
         self._link = asyncio.create_task(self._keep_up(websocket))
         return welcome
@@ -305,9 +301,8 @@ class ClientConnection:
         starts = [f for f in self.session.unanswered() if isinstance(f, Start)]
         if not starts:
             return
-        largest = max(starts, key=lambda f: len(encode(f)))
+        size, largest = max(((len(encode(f).encode()), f) for f in starts), key=lambda s: s[0])
         self.session.withdraw(largest)
-        size = len(encode(largest).encode())
         self._on_frame(
             Error(
                 code="too_large",

@@ -42,6 +42,7 @@ from .protocol import (
     Stop,
     Welcome,
     encode,
+    lone_surrogate,
 )
 from .reply import Reply
 from .session import ReplyState
@@ -427,14 +428,13 @@ class Conversation:
 def _check_sendable(what: str, text: str) -> None:
     """Refuse text that cannot travel as UTF-8 (a lone surrogate, as ``os.fsdecode``
     gives for a file name that is not UTF-8) before it is queued."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
+    at = lone_surrogate(text)
+    if at is not None:
         raise ValueError(
-            f"{what} contains a lone surrogate (U+{ord(text[exc.start]):04X}) at index "
-            f"{exc.start}, which is not valid Unicode and cannot be sent; fix the text, "
+            f"{what} contains a lone surrogate (U+{ord(text[at]):04X}) at index "
+            f"{at}, which is not valid Unicode and cannot be sent; fix the text, "
             "e.g. text.encode('utf-8', 'surrogateescape').decode('utf-8', 'replace')"
-        ) from None
+        )
 
 
 def _checked_params(params: dict[str, Any]) -> dict[str, Any]:

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final, Literal, Union
 
 __all__ = [
+    "CLOSE_TAKEN_OVER",
+    "DEFAULT_MAX_FRAME_BYTES",
     "ERROR_CODES",
     "FINISH_REASONS",
     "MAX_DEPTH",
@@ -56,6 +58,7 @@ __all__ = [
     "decode_client",
     "decode_server",
     "encode",
+    "lone_surrogate",
     "valid_unicode",
 ]
 
@@ -75,6 +78,12 @@ ERROR_CODES: Final = (
     "resume_gap",
     "gateway_shutdown",
 )
+
+# WebSocket close code (4000-4999 are the application's): another connection resumed
+# this session, so this one gets nothing more.
+CLOSE_TAKEN_OVER: Final = 4001
+# A gateway's frame limit unless it says otherwise (in its welcome).
+DEFAULT_MAX_FRAME_BYTES: Final = 1024 * 1024
 
 MAX_DEPTH: Final = 32  # objects and arrays nested in one frame
 MAX_INT_DIGITS: Final = 19  # every integer fits a signed 64-bit value
@@ -316,16 +325,24 @@ def valid_unicode(text: str) -> str:
     return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
-def _check_text(text: str, where: str) -> None:
+def lone_surrogate(text: str) -> int | None:
+    """The index of the first lone surrogate in ``text`` (which makes it impossible to
+    write as UTF-8), or None when there is none."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
-        char = text[exc.start]
+        return exc.start
+    return None
+
+
+def _check_text(text: str, where: str) -> None:
+    at = lone_surrogate(text)
+    if at is not None:
         raise ProtocolError(
-            f"{where}: text contains a lone surrogate (U+{ord(char):04X}), which is not "
+            f"{where}: text contains a lone surrogate (U+{ord(text[at]):04X}), which is not "
             "valid Unicode and cannot be sent as UTF-8; decode such text with "
             "errors='replace'"
-        ) from None
+        )
 
 
 def _reject_constant(name: str) -> Any:

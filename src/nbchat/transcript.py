@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Final
 
-from .protocol import FINISH_REASONS, ROLES, ChatMessage, FinishReason, Role
+from .protocol import FINISH_REASONS, ROLES, ChatMessage, FinishReason, Role, lone_surrogate
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -293,11 +293,8 @@ def _message_from(item: Any, where: str) -> Message:
             if not isinstance(key, str) or isinstance(count, bool) or not isinstance(count, int):
                 raise ValueError(f"{where}: usage must map names to whole numbers")
     for text in (content, fields_["model"], fields_["error"], fields_["reasoning"]):
-        if isinstance(text, str):
-            try:
-                text.encode("utf-8")
-            except UnicodeEncodeError:
-                raise ValueError(f"{where}: text contains a lone surrogate") from None
+        if isinstance(text, str) and lone_surrogate(text) is not None:
+            raise ValueError(f"{where}: text contains a lone surrogate")
     if role == "assistant" and fields_["finish"] is None:
         fields_["finish"] = "stopped"  # saved mid-reply: it can only have stopped there
     return Message(

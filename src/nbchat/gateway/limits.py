@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..protocol import DEFAULT_MAX_FRAME_BYTES
+
 __all__ = ["FrameRate", "GatewayLimits"]
 
 
@@ -13,7 +15,7 @@ class GatewayLimits:
     """What one gateway accepts. Every limit has a clear answer: an ``error`` frame
     naming it, or a WebSocket close code and reason for abuse."""
 
-    max_frame_bytes: int = 1024 * 1024  # larger: close 1009 (message too big)
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES  # larger: close 1009 (message too big)
     # Sustained frames per connection (a fast offline loop of chat turns sends about
     # 100 a second); excess: rate_limited.
     frames_per_s: float = 200.0

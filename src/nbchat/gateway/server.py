@@ -28,6 +28,7 @@ from websockets.http11 import Response as HttpResponse
 
 from .. import __version__
 from ..protocol import (
+    CLOSE_TAKEN_OVER,
     ClientFrame,
     Error,
     Hello,
@@ -70,8 +71,6 @@ log = logging.getLogger("nbchat.gateway")
 
 CHAT_PATH: Final = "/v1/chat"
 
-# Application close codes (4000-4999 are ours to define).
-CLOSE_TAKEN_OVER: Final = 4001  # another connection resumed this session
 # How long a closing handshake may take before the socket is simply dropped; a peer
 # that does not read would otherwise hold it open.
 CLOSE_GRACE_S: Final = 2.0
