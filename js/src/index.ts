@@ -5,6 +5,7 @@
 import type { AnyModel, Initialize, Render } from "@anywidget/types";
 
 import { isKernelMessage, isTranscriptMessage, type ChatModel } from "./model";
+import { hideSavedCopy } from "./saved";
 import { LiveStream } from "./stream";
 import { TranscriptStore } from "./transcript";
 import { renderChat } from "./view";
@@ -50,7 +51,12 @@ const initialize: Initialize<ChatModel> = ({ model }) => {
 
 const render: Render<ChatModel> = ({ model, el }) => {
   const { stream, transcript } = paneFor(model);
-  return renderChat(model, el, stream, transcript);
+  const showSavedCopy = hideSavedCopy(model.get("chat_id"));
+  const cleanup = renderChat(model, el, stream, transcript);
+  return () => {
+    cleanup();
+    showSavedCopy();
+  };
 };
 
 export default { initialize, render };

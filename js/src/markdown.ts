@@ -1,6 +1,6 @@
 // Model output is untrusted: Markdown is rendered by marked, raw HTML in it is shown as
 // text, and the result is sanitized by DOMPurify before it touches the DOM. Links open
-// in a new tab without access to this page.
+// in a new tab without access to this page. Math is typeset by KaTeX (see math.ts).
 
 import DOMPurify from "dompurify";
 import { Marked } from "marked";
@@ -17,6 +17,8 @@ import sql from "highlight.js/lib/languages/sql";
 import typescript from "highlight.js/lib/languages/typescript";
 import xml from "highlight.js/lib/languages/xml";
 import yaml from "highlight.js/lib/languages/yaml";
+
+import { mathExtension } from "./math";
 
 const LANGUAGES = { bash, css, javascript, json, markdown, python, r, rust, sql, typescript, xml, yaml };
 for (const [name, language] of Object.entries(LANGUAGES)) hljs.registerLanguage(name, language);
@@ -38,7 +40,7 @@ function highlight(code: string, lang: string | undefined): string {
   return escapeHtml(code);
 }
 
-const marked = new Marked({
+const marked = new Marked(mathExtension, {
   gfm: true,
   breaks: false,
   renderer: {
@@ -71,5 +73,12 @@ function purifier(): typeof DOMPurify {
 /** Markdown to sanitized HTML, safe to assign to innerHTML. */
 export function renderMarkdown(source: string): string {
   const html = marked.parse(source, { async: false });
-  return purifier().sanitize(html, { USE_PROFILES: { html: true }, FORBID_TAGS: ["style", "form"] });
+  // SVG and MathML are KaTeX's (raw HTML never gets this far: marked escapes it); its
+  // MathML keeps the TeX source in a text-only <annotation> for screen readers and copy.
+  return purifier().sanitize(html, {
+    USE_PROFILES: { html: true, svg: true, mathMl: true },
+    ADD_TAGS: ["semantics", "annotation"],
+    ADD_ATTR: ["encoding"],
+    FORBID_TAGS: ["style", "form"],
+  });
 }

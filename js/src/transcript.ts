@@ -7,6 +7,8 @@ import type { MessageRecord, TranscriptMessage } from "./model";
 
 export class TranscriptStore {
   records: MessageRecord[] = [];
+  /** Whether the kernel has sent the transcript yet (until then, empty means unknown). */
+  loaded = false;
   private readonly listeners = new Set<() => void>();
 
   subscribe(listener: () => void): () => void {
@@ -19,6 +21,7 @@ export class TranscriptStore {
   apply({ from, records }: TranscriptMessage): "applied" | "gap" {
     if (from > this.records.length) return "gap";
     this.records = this.records.slice(0, from).concat(records);
+    this.loaded = true;
     this.listeners.forEach((listener) => listener());
     return "applied";
   }

@@ -81,18 +81,50 @@ function metaLine(message: MessageRecord, status: ReplyStatus | ""): string {
   return parts.join(" · ");
 }
 
-function addCopyButtons(body: HTMLElement): void {
+/** Example prompts the empty pane offers; the demo model answers each with its shape
+ * (a table, code, a formula), so every renderer can be seen offline. */
+export const EXAMPLE_PROMPTS: readonly string[] = [
+  "Show me a table comparing Python, R and Julia",
+  "Write Python code that counts the words in a file",
+  "What is the formula for the variance of a sample?",
+];
+
+/** The models the picker offers: the gateway's list, and the model in use first if the
+ * list lacks it (set from code, or one the gateway does not list). */
+export function pickerModels(models: readonly string[], current: string): string[] {
+  return current && !models.includes(current) ? [current, ...models] : [...models];
+}
+
+/** Ctrl+S, or Cmd+S on macOS: the host's Save, let through from the input box. */
+export function isSaveShortcut(event: KeyboardEvent): boolean {
+  if (event.altKey || event.shiftKey || !(event.ctrlKey || event.metaKey)) return false;
+  return event.code === "KeyS" || event.key.toLowerCase() === "s";
+}
+
+// Keys typed in the input box are the pane's, not JupyterLab's (its Shift+Enter would
+// run the cell under the pane): Lumino skips shortcuts for elements with this attribute.
+const SUPPRESS_SHORTCUTS = "data-lm-suppress-shortcuts";
+
+/** Each code block gets a bar above it with its language and a Copy button, so the
+ * button never covers the code, however narrow the pane. */
+function addCodeBars(body: HTMLElement): void {
   for (const pre of Array.from(body.querySelectorAll("pre"))) {
+    const code = pre.querySelector("code");
+    const bar = element("div", "nbchat-code-bar");
+    const language = element("span", "nbchat-code-lang");
+    language.textContent = /\blanguage-(\S+)/.exec(code?.className ?? "")?.[1] ?? "";
     const copy = button("nbchat-copy", "Copy", "Copy this code");
     copy.addEventListener("click", () => {
-      const code = pre.querySelector("code")?.textContent ?? "";
-      void navigator.clipboard?.writeText(code).then(
+      void navigator.clipboard?.writeText(code?.textContent ?? "").then(
         () => (copy.textContent = "Copied"),
         () => (copy.textContent = "Copy failed"),
       );
       setTimeout(() => (copy.textContent = "Copy"), 1500);
     });
-    pre.appendChild(copy);
+    bar.append(language, copy);
+    const block = element("div", "nbchat-code");
+    pre.replaceWith(block);
+    block.append(bar, pre);
   }
 }
 
@@ -121,14 +153,14 @@ export function renderChat(
     rows: "2",
     "aria-label": "Message",
     placeholder: "Message (Enter to send, Shift+Enter for a new line)",
-    // Keys typed here are the pane's: without this, JupyterLab's Shift+Enter
-    // (run cell) fires from inside the box and re-runs the cell under the pane.
-    "data-lm-suppress-shortcuts": "true",
+    [SUPPRESS_SHORTCUTS]: "true",
   });
   const send = button("nbchat-send", "Send", "Send (Enter)");
   const pause = button("nbchat-pause", "Pause", "Hold the reply; nothing is lost");
   const stop = button("nbchat-stop", "Stop", "Stop the reply and keep what arrived");
-  composer.append(input, send, pause, stop);
+  const actions = element("div", "nbchat-actions");
+  actions.append(send, pause, stop);
+  composer.append(input, actions);
   root.append(header, errorBox, log, jump, composer);
   el.appendChild(root);
 
@@ -157,8 +189,25 @@ export function renderChat(
     if (text === liveRendered) return;
     liveRendered = text;
     liveBody.innerHTML = renderMarkdown(text);
-    addCopyButtons(liveBody);
+    addCodeBars(liveBody);
     followIfNeeded();
+  };
+
+  const emptyHint = () => {
+    const hint = element("div", "nbchat-empty");
+    const text = element("p", "");
+    text.textContent = "Ask anything: type below and press Enter, or try one of these.";
+    const examples = element("div", "nbchat-examples");
+    for (const prompt of EXAMPLE_PROMPTS) {
+      const example = button("nbchat-example", prompt, "Send this message");
+      example.addEventListener("click", () => {
+        command({ type: "send", text: prompt });
+        scroll.jump();
+      });
+      examples.appendChild(example);
+    }
+    hint.append(text, examples);
+    return hint;
   };
 
   const renderMessages = () => {
@@ -169,6 +218,8 @@ export function renderChat(
     liveReasoning = null;
     liveReply = null;
     liveRendered = "";
+    // Not before the transcript arrives: a resumed conversation would flash it.
+    if (transcript.loaded && transcript.records.length === 0) log.appendChild(emptyHint());
     for (const message of transcript.records) {
       const state = messageStatus(message, active);
       const item = element("div", `nbchat-msg nbchat-${message.role}`, {
@@ -201,7 +252,7 @@ export function renderChat(
           liveReply = message.reply_id;
         } else {
           body.innerHTML = renderMarkdown(message.content);
-          addCopyButtons(body);
+          addCodeBars(body);
         }
       } else {
         body.textContent = message.content;
@@ -253,15 +304,18 @@ export function renderChat(
 
   const renderModels = () => {
     const current = model.get("model");
+    const listed = model.get("models");
+    const names = pickerModels(listed, current);
     picker.replaceChildren(
-      ...model.get("models").map((name) => {
+      ...names.map((name) => {
         const option = element("option", "", { value: name });
         option.textContent = name;
+        if (!listed.includes(name)) option.title = "In use; the gateway does not list it";
         option.selected = name === current;
         return option;
       }),
     );
-    picker.disabled = model.get("models").length === 0;
+    picker.disabled = names.length === 0;
   };
 
   const submit = () => {
@@ -271,6 +325,16 @@ export function renderChat(
     input.value = "";
     scroll.jump();
   };
+
+  // Save is JupyterLab's, from the input box too: the attribute is lifted for this one
+  // key press. A capture listener on window runs before JupyterLab's on document
+  // (capture phase in Notebook 7, bubbling in Lab).
+  const letSaveThrough = (event: KeyboardEvent) => {
+    if (event.target !== input || !isSaveShortcut(event)) return;
+    input.removeAttribute(SUPPRESS_SHORTCUTS);
+    setTimeout(() => input.setAttribute(SUPPRESS_SHORTCUTS, "true"), 0);
+  };
+  window.addEventListener("keydown", letSaveThrough, true);
 
   input.addEventListener("keydown", (event) => {
     if (event.key !== "Enter" || event.isComposing) return;
@@ -329,6 +393,7 @@ export function renderChat(
     for (const [event, handler] of handlers) model.off(event, handler);
     unsubscribe();
     unsubscribeTranscript();
+    window.removeEventListener("keydown", letSaveThrough, true);
     root.remove();
   };
 }
