@@ -36,6 +36,8 @@ class Replay:
     drop_connections: int = 0  # the next N requests are cut before any answer
     requests: list[dict[str, Any]] = field(default_factory=list)
     disconnected_at: list[float] = field(default_factory=list)  # client went away mid-stream
+    listed: list[str] | None = None  # the ids GET /models lists (default: the recordings)
+    key: str | None = None  # when set, a request with another key gets 401, as OpenAI's
 
     def start(self) -> Replay:
         replay = self
@@ -48,7 +50,10 @@ class Replay:
 
             def do_GET(self) -> None:
                 replay.requests.append({"path": self.path, "headers": dict(self.headers)})
-                models = [{"id": m, "object": "model", "owned_by": "replay"} for m in RECORDINGS]
+                if not replay.key_ok(self):
+                    return
+                ids = RECORDINGS if replay.listed is None else replay.listed
+                models = [{"id": m, "object": "model", "owned_by": "replay"} for m in ids]
                 self._json(200, {"object": "list", "data": models})
 
             def do_POST(self) -> None:
@@ -61,7 +66,8 @@ class Replay:
                     self.close_connection = True
                     self.connection.close()  # no status line at all: a connection error
                     return
-                replay.answer(self, body)
+                if replay.key_ok(self):
+                    replay.answer(self, body)
 
             def _json(self, status: int, data: Any, headers: dict[str, str] | None = None) -> None:
                 payload = json.dumps(data).encode()
@@ -88,6 +94,20 @@ class Replay:
         self.server.server_close()
 
     # --- answers --------------------------------------------------------------------
+
+    def key_ok(self, handler: BaseHTTPRequestHandler) -> bool:
+        """Whether the request carries ``key`` (if one is required); if not, answer 401
+        quoting the key, as OpenAI does."""
+        given = handler.headers.get("Authorization", "").removeprefix("Bearer ")
+        if self.key is None or given == self.key:
+            return True
+        payload = _error_body(f"Incorrect API key provided: {given}.", "invalid_request_error")
+        handler.send_response(401)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(payload)))
+        handler.end_headers()
+        handler.wfile.write(payload)
+        return False
 
     def answer(self, handler: BaseHTTPRequestHandler, body: dict[str, Any]) -> None:
         model = body.get("model", "")

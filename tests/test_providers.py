@@ -94,8 +94,9 @@ def config(tmp_path: Path, replay: Replay, monkeypatch: pytest.MonkeyPatch) -> P
 
 
 @pytest.fixture
-def gateway(config: Path) -> Iterator[EmbeddedGateway]:
+def gateway(config: Path, replay: Replay) -> Iterator[EmbeddedGateway]:
     models = asyncio.run(load_models(config, os.environ))
+    replay.requests.clear()  # the start-up check's model lists: tests count the rest
     for route in models.values():  # quick failures for the timeout test
         if hasattr(route.provider, "first_token_timeout_s"):
             route.provider.first_token_timeout_s = 1.0  # type: ignore[attr-defined]

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from . import __version__
 from .gateway import Gateway
-from .gateway.config import ConfigError, load_models
+from .gateway.config import ConfigError, load_offer
 from .gateway.limits import GatewayLimits
 
 __all__ = ["main"]
@@ -81,12 +81,19 @@ def _parser() -> argparse.ArgumentParser:
 async def _serve(
     host: str, port: int, tokens: list[str], limits: GatewayLimits, config: str | None
 ) -> None:
-    models = await load_models(config, os.environ)
-    gateway = Gateway(models=models, token=tokens, limits=limits)
+    offer = await load_offer(config, os.environ)
+    gateway = Gateway(
+        models=offer.models,
+        token=tokens,
+        limits=limits,
+        default_model=offer.default,
+        notice=offer.notice,
+        discovery_error=offer.discovery_error,
+    )
     await gateway.start(host, port)
     # One line on stdout says where to connect; scripts and tests read it.
     print(f"nbchat gateway listening on {gateway.url(host)}", flush=True)
-    print(f"nbchat gateway models: {', '.join(models)}", flush=True)
+    print(f"nbchat gateway models: {', '.join(offer.models)} (default {offer.default})", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -88,7 +88,7 @@ DEFAULT_MAX_FRAME_BYTES: Final = 1024 * 1024
 MAX_DEPTH: Final = 32  # objects and arrays nested in one frame
 MAX_INT_DIGITS: Final = 19  # every integer fits a signed 64-bit value
 MAX_NAME_CHARS: Final = 256  # ids and names: reply, model, session, client, code
-_NAMES: Final = frozenset({"reply", "model", "session", "client", "code"})
+_NAMES: Final = frozenset({"reply", "model", "session", "client", "code", "default_model"})
 _INT_LIMIT: Final = 10**MAX_INT_DIGITS
 
 FinishReason = Literal["stop", "length", "stopped", "error"]
@@ -165,7 +165,10 @@ class Ping:
 @dataclass(frozen=True)
 class Welcome:
     """``max_frame_bytes`` is the largest frame the gateway accepts, so a client can
-    refuse an oversize request itself instead of having the link closed (1009)."""
+    refuse an oversize request itself instead of having the link closed (1009).
+    ``default_model`` is the model a client uses unless told otherwise (absent: the
+    first of ``models``); ``notice`` is a start-up problem the user should hear of
+    (a model server that is unreachable, or refused the key)."""
 
     type: ClassVar[str] = "welcome"
     session: str
@@ -174,6 +177,8 @@ class Welcome:
     resumed: bool
     server: str
     max_frame_bytes: int | None = None
+    default_model: str | None = None
+    notice: str | None = None
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import threading
 from concurrent.futures import Future
 from typing import Final
 
-from .config import load_models
+from .config import load_offer
 from .server import Gateway
 
 __all__ = ["EmbeddedGateway", "shared_gateway"]
@@ -45,7 +45,11 @@ class EmbeddedGateway:
     async def _start(self) -> None:
         if self._configure:
             # NBCHAT_CONFIG, or discovery from OPENAI_BASE_URL, as `nbchat serve` does.
-            self.gateway.models = await load_models(None, os.environ)
+            offer = await load_offer(None, os.environ)
+            self.gateway.models = offer.models
+            self.gateway.default_model = offer.default
+            self.gateway.notice = offer.notice
+            self.gateway.discovery_error = offer.discovery_error
         await self.gateway.start("127.0.0.1", 0)
 
     @property

@@ -179,11 +179,20 @@ class Gateway:
         token: str | Sequence[str] | None = None,
         log_limits: LogLimits | None = None,
         limits: GatewayLimits | None = None,
+        default_model: str | None = None,
+        notice: str | None = None,
+        discovery_error: ProviderError | None = None,
     ) -> None:
         if models is None:
             demo = DemoProvider()
             models = {"demo": ModelRoute(demo, "demo")}
         self.models = models
+        # What every welcome says besides the models (see config.Offer): the model a
+        # client uses unless told otherwise, and a start-up problem users must hear of.
+        self.default_model = default_model
+        self.notice = notice
+        # Why the models of a server are missing: the answer to a request for one.
+        self.discovery_error = discovery_error
         # Each token is a separate identity: a session is bound to the one that opened it.
         self.tokens: tuple[str, ...] = (token,) if isinstance(token, str) else tuple(token or ())
         self.token = self.tokens[0] if self.tokens else None
@@ -195,6 +204,14 @@ class Gateway:
         self._server: Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._address: tuple[str, int] | None = None
+
+    @property
+    def default(self) -> str | None:
+        """The model a client uses unless told otherwise: ``default_model`` when it is
+        offered, else the first offered."""
+        if self.default_model in self.models:
+            return self.default_model
+        return next(iter(self.models), None)
 
     @property
     def port(self) -> int:
@@ -347,6 +364,12 @@ class Gateway:
                 code="busy",
                 message=f"this session has {len(live.tasks)} replies in flight already "
                 f"(the limit is {self.limits.replies_per_session}); wait for one to end",
+            )
+        if route is None and self.discovery_error is not None:
+            # Not "unknown": the server that may have it could not be asked.
+            return Error(
+                code=self.discovery_error.code,
+                message=f"model {frame.model!r} is not available: {self.discovery_error.message}",
             )
         if route is None:
             known = ", ".join(sorted(self.models)) or "none"
@@ -631,6 +654,8 @@ class GatewayConnection:
                 resumed=resumed,
                 server=f"nbchat/{__version__}",
                 max_frame_bytes=self.gateway.limits.max_frame_bytes,
+                default_model=self.gateway.default,
+                notice=self.gateway.notice,
             )
         )
         if replay is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -28,6 +29,7 @@ __all__ = [
     "SDKProvider",
     "TextChunk",
     "check_params",
+    "connection_failure",
     "first_item_within",
     "open_with_retries",
     "redact",
@@ -65,12 +67,14 @@ class Finish:
 
 class ProviderError(Exception):
     """A failure the user should see: ``code`` is a protocol error code
-    (``upstream_error``, ``rate_limited``, ``unauthorized``, ...)."""
+    (``upstream_error``, ``rate_limited``, ``unauthorized``, ...). ``reason``, when
+    known, says it in a few words ("connection refused", "HTTP 401")."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, *, reason: str | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.reason = reason
 
 
 @runtime_checkable
@@ -173,20 +177,46 @@ def sdk_error(
     (generated from one template: the same error classes and fields)."""
     secrets = list(secrets)
     if isinstance(exc, sdk.APITimeoutError):
-        return ProviderError("upstream_error", f"{label} timed out at {where}")
+        return ProviderError("upstream_error", f"{label} timed out at {where}", reason="timed out")
     if isinstance(exc, sdk.APIConnectionError):
         attempts = getattr(exc, "attempts", 1)
         tries = f" ({attempts} attempts)" if attempts > 1 else ""
-        cause = exc.__cause__ or exc
+        cause = redact(connection_failure(exc), secrets)
         message = f"cannot connect to {label} at {where}{tries}: {cause}"
-        return ProviderError("upstream_error", redact(message, secrets))
+        return ProviderError("upstream_error", redact(message, secrets), reason=cause)
     if isinstance(exc, sdk.APIStatusError):
         body = exc.body if isinstance(exc.body, dict) else {}
         error = body.get("error", body)
         quoted = error.get("message") if isinstance(error, dict) else None
         text = quoted if isinstance(quoted, str) else str(exc.message)
-        return status_error(label, exc.status_code, exc.response.headers, text, secrets)
+        failure = status_error(label, exc.status_code, exc.response.headers, text, secrets)
+        failure.reason = f"HTTP {exc.status_code}"
+        return failure
     return ProviderError("upstream_error", redact(f"{label} failed: {exc}", secrets))
+
+
+def connection_failure(exc: BaseException) -> str:
+    """Why a connection failed, in a few words: the SDKs say "Connection error." and
+    httpx "All connection attempts failed"; the OS error under them says more."""
+    seen: set[int] = set()
+    stack: list[BaseException] = [exc]
+    while stack:
+        error = stack.pop()
+        if id(error) in seen:
+            continue
+        seen.add(id(error))
+        if isinstance(error, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(error, socket.gaierror):
+            return "host not found"
+        if isinstance(error, (ConnectionResetError, ConnectionAbortedError)):
+            return "connection reset"
+        if isinstance(error, TimeoutError):
+            return "timed out"
+        stack.extend(e for e in (error.__cause__, error.__context__) if e is not None)
+        grouped = getattr(error, "exceptions", ())  # an ExceptionGroup (Python 3.11+)
+        stack.extend(e for e in grouped if isinstance(e, BaseException))
+    return str(exc.__cause__ or exc)
 
 
 class FirstTokenDeadline:

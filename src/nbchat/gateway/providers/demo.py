@@ -1,9 +1,20 @@
 """The built-in offline ``demo`` model: deterministic Markdown replies, no network.
 
-The same history always gives the same reply. Each reply has a paragraph that quotes the
-user's last message, a numbered list (longer for longer messages, so a long prompt gives
-a long reply), a fenced code block and a line that refers to the earlier turns, so
-streaming, Markdown rendering and multi-turn history are all visible.
+The same history always gives the same reply, shaped by what the last message asks for,
+so every renderer can be seen offline:
+
+- a **table** ("make a table of ...", "compare ..."): a Markdown table of the message's
+  words, with aligned columns;
+- **code** ("write a function ...", "python", "sql", ...): a fenced code block in the
+  language asked for, that works on the message's text;
+- **math** ("formula", "equation", "integral", ...): inline ``$...$`` and display
+  ``$$...$$`` math, computed from the message;
+- anything else: a paragraph, a numbered list of things to try (never the same item
+  twice; longer for longer messages, and a long message also gets a part-by-part list,
+  so a long prompt gives a long reply) and a fenced code block.
+
+Every reply opens by quoting the user's last message and ends with a sentence that says
+which turn this is and how the conversation began, so multi-turn history is visible.
 
 Params: ``tokens_per_s`` (default 30; 0 = as fast as possible) and ``max_tokens``
 (the reply is cut there with finish = "length").
@@ -14,13 +25,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Final
 
 from ...protocol import FinishReason
 from .base import Finish, ProviderError, Request, TextChunk
 
-__all__ = ["DemoProvider", "count_tokens", "demo_reply", "tokenize"]
+__all__ = ["DemoProvider", "count_tokens", "demo_reply", "reply_shape", "tokenize"]
 
 DEFAULT_TOKENS_PER_S: Final = 30.0
 
@@ -37,8 +48,34 @@ _TIPS: Final = (
     "Read `reply.finish` to learn why a reply ended.",
     "Pass `system=...` to give the model standing instructions.",
     "Open the same chat in a second output with `display(chat)`.",
+    "Ask for a table, some code or a formula to see each of them rendered.",
 )
 
+# Words that ask for a shape. When a message has words of several shapes, the one that
+# comes first in it decides ("a function that computes the mean": code).
+_SHAPE_WORDS: Final = {
+    "table": r"tables?|tabular|spreadsheet|compare|comparison|columns",
+    "code": r"code|function|script|program|snippet|implement|python|javascript|typescript"
+    r"|js|ts|sql|bash|shell|regex",
+    "math": r"math|maths|formulas?|formulae|equations?|integral|derivative|proof|theorem"
+    r"|latex|calculate|solve|variance|probability",
+}
+_SHAPE_RE: Final = re.compile(
+    "|".join(rf"\b(?P<{shape}>{words})\b" for shape, words in _SHAPE_WORDS.items()),
+    re.IGNORECASE,
+)
+_LANGUAGES: Final = {
+    "javascript": "javascript",
+    "js": "javascript",
+    "typescript": "typescript",
+    "ts": "typescript",
+    "sql": "sql",
+    "bash": "bash",
+    "shell": "bash",
+}
+_LANGUAGE_RE: Final = re.compile(rf"\b({'|'.join(_LANGUAGES)})\b", re.IGNORECASE)
+_WORD_RE: Final = re.compile(r"[^\W_]+(?:['\u2019-][^\W_]+)*")
+_PART_WORDS: Final = 10  # a long message gets one "part" item per this many words
 _TOKEN_RE: Final = re.compile(r"\s*\S+|\s+")
 
 
@@ -54,6 +91,12 @@ def count_tokens(text: str) -> int:
     return len(text.split()) + (1 if text[-1:].isspace() else 0)
 
 
+def reply_shape(text: str) -> str:
+    """What a message asks for: ``"table"``, ``"code"``, ``"math"`` or ``"text"``."""
+    match = _SHAPE_RE.search(text)
+    return match.lastgroup or "text" if match is not None else "text"
+
+
 def demo_reply(request: Request) -> str:
     """The reply the demo model gives to this history."""
     users = [m.content for m in request.messages if m.role == "user"]
@@ -62,9 +105,7 @@ def demo_reply(request: Request) -> str:
     last = users[-1].strip()
     digest = hashlib.sha256("\x00".join(m.content for m in request.messages).encode()).digest()
     quote = last if len(last) <= 120 else last[:117] + "..."
-    items = 3 + min(len(last.split()) // 10, 40)
-    tips = [_TIPS[(digest[i % len(digest)] + i) % len(_TIPS)] for i in range(items)]
-    listing = "\n".join(f"{i + 1}. {tip}" for i, tip in enumerate(tips))
+    opening = f"**Demo reply.** You wrote: \u201c{quote}\u201d."
     if len(users) == 1:
         earlier = "This is the first turn of our conversation."
     else:
@@ -73,19 +114,165 @@ def demo_reply(request: Request) -> str:
         earlier = (
             f"This is turn {len(users)} of our conversation; it began with \u201c{first}\u201d."
         )
+    body = _BODIES[reply_shape(last)](last, digest)
+    return f"{opening} {body}\n\n{earlier}"
+
+
+def _words(text: str) -> list[str]:
+    return _WORD_RE.findall(text)
+
+
+def _cell(text: str) -> str:
+    """Text that cannot break a Markdown table cell."""
+    return text.replace("\\", "\\\\").replace("|", "\\|")
+
+
+def _table(last: str, digest: bytes) -> str:
+    words = list(dict.fromkeys(_words(last)))[:10] or ["table"]
+    rows = "\n".join(
+        f"| {i} | {_cell(word)} | {len(word)} | {sum(c.lower() in 'aeiou' for c in word)} "
+        f"| {'yes' if word[:1].isupper() else 'no'} |"
+        for i, word in enumerate(words, 1)
+    )
     return (
-        f"**Demo reply.** You wrote: \u201c{quote}\u201d. I am nbchat's built-in offline "
+        "You asked for a table, so here is one: the first distinct words of your message. "
+        "I am nbchat's built-in offline model; a real model would fill it with facts.\n\n"
+        "| # | word | letters | vowels | capitalised |\n"
+        "|--:|:-----|--------:|-------:|:-----------:|\n"
+        f"{rows}\n\n"
+        f"The longest word is **{_cell(max(words, key=len))}**. Tip: {_tips(digest, 1)[0]}"
+    )
+
+
+def _code(last: str, digest: bytes) -> str:
+    found = _LANGUAGE_RE.search(last)
+    language = _LANGUAGES[found.group(1).lower()] if found else "python"
+    text = last[:80]
+    snippets: dict[str, str] = {
+        "python": (
+            "from collections import Counter\n\n\n"
+            "def word_counts(text: str) -> Counter[str]:\n"
+            '    """How often each word occurs in ``text``."""\n'
+            "    return Counter(text.lower().split())\n\n\n"
+            f"print(word_counts({text!r}).most_common(3))"
+        ),
+        "javascript": (
+            "function wordCounts(text) {\n"
+            "  const counts = new Map();\n"
+            "  for (const word of text.toLowerCase().split(/\\s+/)) {\n"
+            "    counts.set(word, (counts.get(word) ?? 0) + 1);\n"
+            "  }\n"
+            "  return counts;\n"
+            "}\n\n"
+            f"console.log(wordCounts({_js_string(text)}));"
+        ),
+        "typescript": (
+            "function wordCounts(text: string): Map<string, number> {\n"
+            "  const counts = new Map<string, number>();\n"
+            "  for (const word of text.toLowerCase().split(/\\s+/)) {\n"
+            "    counts.set(word, (counts.get(word) ?? 0) + 1);\n"
+            "  }\n"
+            "  return counts;\n"
+            "}\n\n"
+            f"console.log(wordCounts({_js_string(text)}));"
+        ),
+        "sql": (
+            "-- How often each word of the message occurs\n"
+            "SELECT word, COUNT(*) AS n\n"
+            "FROM words\n"
+            f"WHERE message = '{text.replace(chr(39), chr(39) * 2)}'\n"
+            "GROUP BY word\n"
+            "ORDER BY n DESC\n"
+            "LIMIT 3;"
+        ),
+        "bash": (
+            "# How often each word of the message occurs\n"
+            f"echo {_shell_string(text)} \\\n"
+            "  | tr -s '[:space:]' '\\n' | tr '[:upper:]' '[:lower:]' \\\n"
+            "  | sort | uniq -c | sort -rn | head -3"
+        ),
+    }
+    return (
+        f"You asked for code, so here is some {language}: it counts the words of your "
+        "message. I am nbchat's built-in offline model, so it is an example, not an "
+        f"answer.\n\n```{language}\n{snippets[language]}\n```\n\n"
+        "Code blocks are highlighted and have a **Copy** button. "
+        f"Tip: {_tips(digest, 1)[0]}"
+    )
+
+
+def _js_string(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{escaped}"'
+
+
+def _shell_string(text: str) -> str:
+    return "'" + text.replace("'", "'\\''") + "'"
+
+
+def _math(last: str, digest: bytes) -> str:
+    lengths = [len(w) for w in _words(last)] or [0]
+    n = len(lengths)
+    mean = sum(lengths) / n
+    variance = sum((x - mean) ** 2 for x in lengths) / (n - 1) if n > 1 else 0.0
+    shown = ", ".join(str(x) for x in lengths[:8]) + (", \\dots" if n > 8 else "")
+    return (
+        "You asked for math, so here is a formula. I am nbchat's built-in offline "
+        f"model: the numbers come from your message, whose $n = {n}$ words have "
+        f"lengths $x_i = {shown}$. Their mean is $\\bar{{x}} = {mean:.2f}$ and their "
+        f"variance $s^2 = {variance:.2f}$, from\n\n"
+        "$$\n"
+        "\\bar{x} = \\frac{1}{n} \\sum_{i=1}^{n} x_i, \\qquad "
+        "s^2 = \\frac{1}{n - 1} \\sum_{i=1}^{n} \\left( x_i - \\bar{x} \\right)^2\n"
+        "$$\n\n"
+        "and, for good measure, the Gaussian integral:\n\n"
+        "$$\n"
+        "\\int_{-\\infty}^{\\infty} e^{-x^2} \\, dx = \\sqrt{\\pi}\n"
+        "$$\n\n"
+        f"Tip: {_tips(digest, 1)[0]}"
+    )
+
+
+def _text(last: str, digest: bytes) -> str:
+    words = last.split()
+    listing = "\n".join(
+        f"{i}. {tip}" for i, tip in enumerate(_tips(digest, 3 + len(words) // 10), 1)
+    )
+    parts = ""
+    if len(words) > 4 * _PART_WORDS:
+        # A long message gets a long reply (streaming of long replies can be tried).
+        items = []
+        for begin in range(0, min(len(words), 40 * _PART_WORDS), _PART_WORDS):
+            chunk = words[begin : begin + _PART_WORDS]
+            excerpt = " ".join(chunk[:6]) + (" ..." if len(chunk) > 6 else "")
+            items.append(f"- Words {begin + 1}\u2013{begin + len(chunk)}: \u201c{excerpt}\u201d")
+        parts = "Your message, part by part:\n\n" + "\n".join(items) + "\n\n"
+    return (
+        "I am nbchat's built-in offline "
         "model: I need no network and give the same reply to the same conversation, "
         "so you can try streaming, Stop, Pause and Resume right away.\n\n"
-        f"Things to try:\n\n{listing}\n\n"
+        f"Things to try:\n\n{listing}\n\n{parts}"
         "```python\n"
         "from nbchat import Chat\n\n"
         "chat = Chat()\n"
         f"reply = chat.send({last[:80]!r})\n"
         "print(reply.wait().text)\n"
-        "```\n\n"
-        f"{earlier}"
+        "```"
     )
+
+
+def _tips(digest: bytes, count: int) -> list[str]:
+    """``count`` different tips (at most all of them), in an order the history picks."""
+    order = sorted(range(len(_TIPS)), key=lambda i: (digest[i % len(digest)], i))
+    return [_TIPS[i] for i in order[: min(count, len(_TIPS))]]
+
+
+_BODIES: Final[dict[str, Callable[[str, bytes], str]]] = {
+    "table": _table,
+    "code": _code,
+    "math": _math,
+    "text": _text,
+}
 
 
 class DemoProvider:

@@ -61,13 +61,18 @@ class OpenAICompatProvider(SDKProvider):
     def where(self) -> str:
         return self.base_url or "the OpenAI API"
 
+    async def close(self) -> None:
+        """Close its HTTP connections (they belong to the running event loop)."""
+        await self._client.close()
+
     async def list_models(self) -> list[str]:
-        """The model ids the server lists (``GET /models``)."""
+        """The model ids the server lists (``GET /models``), in its order (Ollama's
+        puts the most recently pulled first)."""
         try:
             page = await self._client.models.list()
         except openai.APIError as exc:
             raise self._error(exc) from None
-        return sorted(model.id for model in page.data)
+        return [model.id for model in page.data]
 
     async def stream(self, request: Request) -> AsyncIterator[TextChunk | ReasoningChunk | Finish]:
         check_params(request.params, PASSED_PARAMS, self.label)
