@@ -179,6 +179,37 @@ def test_to_dataframe_has_timing_per_reply(chat: Chat) -> None:
     assert frame[frame["role"] == "user"]["duration_s"].isna().all()
 
 
+def test_time_paused_is_left_out_of_the_timing_and_counted_apart(chat: Chat) -> None:
+    sent = time.time()
+    reply = chat.send("Pause me for a second", tokens_per_s=50)
+    wait_until(lambda: len(reply.text) > 10, "the first text")
+    reply.pause()
+    wait_until(lambda: reply.status == "paused", "the pause")
+    time.sleep(1.0)
+    reply.resume()
+    reply.wait(TIMEOUT)
+    wall = time.time() - sent
+    row = chat.to_dataframe().iloc[-1]
+    assert row["paused_s"] >= 1.0  # from the paused event to the resumed one, at least
+    assert row["duration_s"] + row["paused_s"] <= wall
+    assert row["duration_s"] > row["first_token_s"] > 0
+    tokens = row["completion_tokens"]
+    assert row["tokens_per_s"] == pytest.approx(tokens / (row["duration_s"] - row["first_token_s"]))
+    assert "paused" in chat.to_markdown()
+    assert pandas.isna(chat.to_dataframe().iloc[-2]["paused_s"])  # the user's row
+
+
+def test_a_message_is_stamped_when_sent_and_its_reply_when_it_starts(chat: Chat) -> None:
+    chat.send("a slow first one", tokens_per_s=100)
+    chat.send("queued behind it", tokens_per_s=0).wait(TIMEOUT)
+    frame = chat.to_dataframe()
+    assert frame["content"].tolist()[2] == "queued behind it"
+    stamps = [t.timestamp() for t in frame["created_at"]]
+    first_ended = stamps[1] + frame["duration_s"].iloc[1]
+    assert stamps[2] < first_ended  # sent while the first reply streamed
+    assert stamps[3] >= first_ended - 0.01  # its reply started once the first had ended
+
+
 def test_clear_starts_a_fresh_transcript(chat: Chat) -> None:
     chat.send("remember me").wait(TIMEOUT)
     chat.clear()

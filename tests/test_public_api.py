@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import pkgutil
+import re
 
 import pytest
 
@@ -36,3 +37,20 @@ def test_all_is_complete(name: str) -> None:
 
 def test_top_level_api() -> None:
     assert set(nbchat.__all__) >= {"Chat", "Reply", "__version__"}
+
+
+def _own_public_names(cls: type) -> set[str]:
+    return {name for name in vars(cls) if not name.startswith("_")}
+
+
+@pytest.mark.parametrize("cls", [nbchat.Chat, nbchat.Reply])
+def test_help_names_every_parameter_attribute_and_method_at_the_top(cls: type) -> None:
+    # help(Chat) and Chat? open with the class docstring, before the inherited widget
+    # machinery: it must answer the basic questions on its own.
+    doc = inspect.getdoc(cls) or ""
+    names = _own_public_names(cls) | set(inspect.signature(cls.__init__).parameters)
+    names -= {"self", "reply_id", "control"}  # Reply's constructor is internal
+    if cls is nbchat.Reply:
+        names |= {"id", "prompt", "model", "params", "error", "error_code", "usage"}
+    missing = sorted(n for n in names if not re.search(rf"\b{re.escape(n)}\b", doc))
+    assert not missing, f"{cls.__name__}'s docstring does not mention {missing}"

@@ -65,3 +65,10 @@ def test_a_turn_sends_the_pane_only_the_messages_it_changed(chat: Chat) -> None:
         m["type"] == "transcript" and m["from"] == 0 and m["records"] == chat.messages
         for m in pushed
     )
+
+
+def test_the_repr_says_what_the_chat_is_not_where_it_lives(chat: Chat) -> None:
+    chat.send("hello").wait(TIMEOUT)
+    text = repr(chat)
+    assert text.startswith("Chat(model='demo', turns=1, status=")
+    assert "object at 0x" not in text

@@ -5,7 +5,16 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from .client import GatewayUnavailable
+from .conversation_store import ConversationStoreError, conversations, delete_conversation
 from .reply import Reply
 from .widget import Chat
 
-__all__ = ["Chat", "GatewayUnavailable", "Reply", "__version__"]
+__all__ = [
+    "Chat",
+    "ConversationStoreError",
+    "GatewayUnavailable",
+    "Reply",
+    "__version__",
+    "conversations",
+    "delete_conversation",
+]

@@ -76,6 +76,8 @@ class _InFlight:
     message: Message
     sent_at: float  # loop time when start was sent
     ended: asyncio.Event
+    paused_since: float | None = None  # loop time of the pause being held, if any
+    paused_s: float = 0.0  # time spent paused before that
     chunks: int = 0
     started: bool = False  # its start frame has been sent (or queued for the resume)
 
@@ -109,6 +111,9 @@ class Conversation:
         self.status: ConnectionStatus = "connecting"
         self.status_detail = ""
         self.error: str | None = None
+        # A start-up problem of the gateway (welcome.notice): shown as the error while
+        # nothing more pressing is, since it explains replies that fail.
+        self.notice: str | None = None
         self.listener = listener or ConversationListener()
         self.transcript = Transcript(system=system)
         # Guards the transcript, which the loop thread writes and callers read.
@@ -167,6 +172,13 @@ class Conversation:
             self.transcript = transcript
         self.listener.on_transcript()
 
+    def report(self, error: str | None) -> None:
+        """Show ``error`` as the chat's error (e.g. the conversation store's), or clear
+        it with None, keeping the link status; from any thread."""
+        self._loop.call_soon_threadsafe(
+            lambda: self._set_status(self.status, error, self.status_detail)
+        )
+
     def clear(self) -> None:
         """Stop the reply in flight, drop queued ones and empty the transcript."""
         self._stop_all()
@@ -222,6 +234,8 @@ class Conversation:
     def _set_status(
         self, status: ConnectionStatus, error: str | None = None, detail: str = ""
     ) -> None:
+        if error is None and status != "closed":
+            error = self.notice
         self.status, self.error, self.status_detail = status, error, detail
         self.listener.on_status(status, detail, error)
 
@@ -266,11 +280,12 @@ class Conversation:
     async def _run(self, reply: Reply) -> None:
         model = reply.model or self.model or "demo"
         reply.model = model
-        at = time.time()
         with self.lock:
-            self.transcript.add_user(reply.prompt, at=at)
+            # The message is stamped when it was sent, the reply when it starts (later,
+            # if it waited in the queue).
+            self.transcript.add_user(reply.prompt, at=reply.sent_at)
             history = self.transcript.history(self.max_history_chars)
-            message = self.transcript.add_assistant(reply_id=reply.id, model=model, at=at)
+            message = self.transcript.add_assistant(reply_id=reply.id, model=model, at=time.time())
         in_flight = _InFlight(reply, message, self._loop.time(), asyncio.Event())
         self._current = in_flight
         self.listener.on_reply_start(reply)
@@ -323,8 +338,13 @@ class Conversation:
             # Every welcome says what the gateway offers (a first connect by Retry too).
             self.models = list(frame.models)
             if self.model is None and self.models:
-                self.model = self.models[0]
-            self.listener.on_models(self.models)
+                # The gateway's default (an older one names none: its first).
+                default = frame.default_model
+                self.model = default if default in self.models else self.models[0]
+            self.listener.on_models(self.models)  # self.model is set first: views read it
+            if frame.notice != self.notice:
+                self.notice = frame.notice
+                self._set_status(self.status, detail=self.status_detail)
             if not frame.resumed and in_flight is not None and self._was_seen(in_flight):
                 # The gateway no longer knows the session: nothing more will come. (A
                 # start it never saw is sent again in the new session instead.)
@@ -345,25 +365,23 @@ class Conversation:
             reply.model = message.model = frame.model
         elif isinstance(frame, Delta) and frame.kind == "reasoning":
             if message.first_token_s is None:
-                message.first_token_s = self._loop.time() - in_flight.sent_at
+                message.first_token_s = self._active_s(in_flight)
             with self.lock:
                 message.reasoning = (message.reasoning or "") + frame.text
             reply._append_reasoning(frame.text)
             self.listener.on_reasoning(reply, frame.text)
         elif isinstance(frame, Delta):
             if message.first_token_s is None:
-                message.first_token_s = self._loop.time() - in_flight.sent_at
+                message.first_token_s = self._active_s(in_flight)
             in_flight.chunks += 1
             with self.lock:
                 message.content += frame.text
             reply._append(frame.text)
             self.listener.on_chunk(reply, frame.text)
         elif isinstance(frame, Paused):
-            reply._set_status("paused")
-            self.listener.on_reply_status(reply)
+            self._set_paused(in_flight, True)
         elif isinstance(frame, Resumed):
-            reply._set_status("streaming")
-            self.listener.on_reply_status(reply)
+            self._set_paused(in_flight, False)
         elif isinstance(frame, Snapshot):
             self._apply_snapshot(in_flight, frame)
         elif isinstance(frame, Error) and frame.seq is None:
@@ -377,6 +395,26 @@ class Conversation:
             view = self._connection.session.replies[reply.id]
             message.usage = frame.usage
             self._end(in_flight, frame.finish, error=view.error, code=view.error_code)
+
+    def _set_paused(self, in_flight: _InFlight, paused: bool) -> None:
+        now = self._loop.time()
+        if paused and in_flight.paused_since is None:
+            in_flight.paused_since = now
+        elif not paused and in_flight.paused_since is not None:
+            in_flight.paused_s += now - in_flight.paused_since
+            in_flight.paused_since = None
+        in_flight.reply._set_status("paused" if paused else "streaming")
+        self.listener.on_reply_status(in_flight.reply)
+
+    def _paused_s(self, in_flight: _InFlight) -> float:
+        """Time this reply has spent paused so far (client clock)."""
+        held = in_flight.paused_since
+        return in_flight.paused_s + (self._loop.time() - held if held is not None else 0.0)
+
+    def _active_s(self, in_flight: _InFlight) -> float:
+        """Time since the request was sent, less the time spent paused: what timing
+        figures measure, so a pause does not make a model look slow."""
+        return self._loop.time() - in_flight.sent_at - self._paused_s(in_flight)
 
     def _was_seen(self, in_flight: _InFlight) -> bool:
         """Whether the gateway has sent any event of this reply (it took the start)."""
@@ -404,8 +442,7 @@ class Conversation:
             message.usage = frame.usage
             self._end(in_flight, frame.finish, error=frame.error, code=frame.error_code)
         elif frame.paused != (reply.status == "paused"):
-            reply._set_status("paused" if frame.paused else "streaming")
-            self.listener.on_reply_status(reply)
+            self._set_paused(in_flight, frame.paused)
 
     def _end(
         self, in_flight: _InFlight, finish: Any, *, error: str | None, code: str | None
@@ -417,7 +454,8 @@ class Conversation:
             message.finish = finish
             message.error = error
             message.chunks = in_flight.chunks
-            message.duration_s = self._loop.time() - in_flight.sent_at
+            message.duration_s = self._active_s(in_flight)
+            message.paused_s = self._paused_s(in_flight)
         self._connection.session.forget(reply.id)  # the reply is over: keep none of it
         reply._end(finish, error=error, error_code=code, usage=message.usage)
         in_flight.ended.set()

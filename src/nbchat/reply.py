@@ -30,13 +30,37 @@ _STATUS_BY_FINISH: dict[str, ReplyStatus] = {
 
 
 class Reply:
-    """One assistant reply.
+    """One assistant reply, returned at once by ``chat.send()``; it fills in as it streams.
 
-    ``text`` grows as chunks arrive; ``status`` is one of ``pending`` (queued or not yet
-    started), ``streaming``, ``paused``, ``done``, ``stopped``, ``error``; ``finish`` is
-    set when it ends (``stop``, ``length``, ``stopped`` or ``error``) and ``error`` holds
-    the message of a failure. Use :meth:`wait`, ``await reply``, or iterate over it to
-    get chunks as they arrive.
+    Get it whole with ``reply.wait()`` (or ``await reply``), or chunk by chunk with
+    ``for chunk in reply`` / ``async for chunk in reply``.
+
+    Attributes:
+        id: the reply's id (also the DataFrame's ``reply_id``).
+        prompt: the message it answers.
+        model: the model generating it.
+        params: the request params sent with it.
+        sent_at: when ``send()`` was called (Unix seconds).
+        text: the text so far; the whole reply once it has ended.
+        chunks: the text as the pieces that arrived.
+        reasoning: what the model streamed apart from its answer (DeepSeek's
+            ``reasoning_content``, Anthropic's thinking), or ``""``.
+        status: ``pending`` (queued, or not started yet), ``streaming``, ``paused``,
+            then ``done``, ``stopped`` or ``error``.
+        finished: whether it has ended.
+        finish: how it ended: ``stop``, ``length`` (cut at ``max_tokens``),
+            ``stopped`` (your Stop) or ``error``; ``None`` until then.
+        error: what went wrong, in plain words, when ``finish == "error"``.
+        error_code: the same as a code: ``unauthorized``, ``unknown_model``,
+            ``rate_limited``, ``upstream_error``, ``bad_request``, ``too_large``,
+            ``busy``, ``unavailable``, ``session_lost``, ``gateway_shutdown``, ...
+        usage: token counts the provider reported (``prompt_tokens``,
+            ``completion_tokens``), or ``None``.
+
+    Methods:
+        wait(timeout=None): block until it ends and return it (``TimeoutError`` if not
+            in time).
+        stop(), pause(), resume(): as the pane's buttons; Stop keeps the partial text.
     """
 
     def __init__(self, reply_id: str, prompt: str, *, control: Callable[[str, Reply], None]):
@@ -44,6 +68,7 @@ class Reply:
         self.prompt = prompt
         self.model: str | None = None
         self.params: dict[str, Any] = {}  # request params sent with this reply
+        self.sent_at = time.time()  # when send() was called (Unix seconds)
         self.finish: FinishReason | None = None
         self.error: str | None = None
         self.error_code: str | None = None

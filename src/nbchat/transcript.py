@@ -21,6 +21,7 @@ __all__ = [
     "FORMAT_VERSION",
     "Message",
     "Transcript",
+    "footer_line",
     "transcript_from_json",
     "transcript_from_records",
     "transcript_to_json",
@@ -43,6 +44,7 @@ COLUMNS: Final = (
     "created_at",
     "first_token_s",
     "duration_s",
+    "paused_s",
     "chunks",
     "tokens_per_s",
     "prompt_tokens",
@@ -56,7 +58,9 @@ COLUMNS: Final = (
 class Message:
     """One message of the transcript. Assistant messages carry timing measured by the
     client from the moment the request was sent: ``first_token_s`` (time to first
-    token), ``duration_s`` (to the last event), ``chunks`` (deltas received)."""
+    token), ``duration_s`` (to the last event), ``chunks`` (deltas received). Time spent
+    paused is left out of both and counted in ``paused_s``. A user message's
+    ``created_at`` is when it was sent; a reply's, when it started."""
 
     turn: int
     role: Role
@@ -66,6 +70,7 @@ class Message:
     finish: FinishReason | None = None
     first_token_s: float | None = None
     duration_s: float | None = None
+    paused_s: float | None = None
     chunks: int | None = None
     usage: dict[str, Any] | None = None
     error: str | None = None
@@ -215,6 +220,7 @@ _SAVED: Final[dict[str, tuple[type, ...]]] = {
     "finish": (str,),
     "first_token_s": (int, float),
     "duration_s": (int, float),
+    "paused_s": (int, float),
     "chunks": (int,),
     "usage": (dict,),
     "error": (str,),
@@ -346,16 +352,25 @@ def transcript_to_markdown(transcript: Transcript) -> str:
             parts.append(f"**System:** {m.content}")
             continue
         parts.append(f"**{m.model or 'assistant'}**\n\n{m.content or '*(no text)*'}")
-        footer = [m.model or "assistant"]
-        if m.finish and m.finish != "stop":
-            footer.append({"length": "cut at max tokens"}.get(m.finish, m.finish))
-        if m.first_token_s is not None:
-            footer.append(f"first token {m.first_token_s:.2f} s")
-        if m.duration_s is not None:
-            footer.append(f"{m.duration_s:.1f} s")
-        if m.tokens_per_s is not None:
-            footer.append(f"{m.tokens_per_s:.0f} tokens/s")
-        if m.error:
-            footer.append(f"error: {m.error}")
-        parts.append("*" + " · ".join(footer) + "*")
+        parts.append("*" + footer_line(m) + "*")
     return "\n\n".join(parts) + "\n"
+
+
+def footer_line(m: Message) -> str:
+    """A reply's footer: its model, how it ended (when not plainly) and its timing."""
+    footer = [m.model or "assistant"]
+    if m.finish is None:
+        footer.append("streaming")
+    elif m.finish != "stop":
+        footer.append({"length": "cut at max tokens"}.get(m.finish, m.finish))
+    if m.first_token_s is not None:
+        footer.append(f"first token {m.first_token_s:.2f} s")
+    if m.duration_s is not None:
+        footer.append(f"{m.duration_s:.1f} s")
+    if m.paused_s:
+        footer.append(f"paused {m.paused_s:.1f} s")
+    if m.tokens_per_s is not None:
+        footer.append(f"{m.tokens_per_s:.0f} tokens/s")
+    if m.error:
+        footer.append(f"error: {m.error}")
+    return " · ".join(footer)

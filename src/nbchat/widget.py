@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import uuid
 from pathlib import Path
@@ -20,9 +21,11 @@ import traitlets
 from .backoff import Backoff
 from .client import DEFAULT_HEARTBEAT_S
 from .conversation import ConnectionStatus, Conversation, ConversationListener
+from .conversation_store import ConversationRecorder
 from .gateway.embedded import shared_gateway
 from .pane import StreamBatcher, TranscriptSync, parse_command
 from .reply import Reply
+from .saved_copy import SavedCopy, view_note
 from .transcript import (
     Transcript,
     transcript_from_json,
@@ -35,6 +38,11 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["Chat"]
+
+log = logging.getLogger("nbchat")
+
+# How often, at most, the saved copy in the notebook is rewritten (it is resent whole).
+SAVED_COPY_INTERVAL_S = 1.0
 
 
 _STATIC = Path(__file__).parent / "static"
@@ -54,15 +62,54 @@ def _asset(name: str, fallback: str) -> Path | str:
 class Chat(anywidget.AnyWidget):
     """A streaming LLM chat: a pane in the notebook, and an object to drive from code.
 
-    ``Chat()`` with no ``url`` talks to an embedded gateway in this process, which offers
-    the offline ``demo`` model. ``Chat(url="ws://host:8765/v1/chat", token=...)`` uses a
-    gateway started with ``nbchat serve``. Extra keyword arguments are request params
-    sent with every message (``tokens_per_s``, ``max_tokens``, ``temperature``, ...).
-    ``max_history_chars`` bounds the history sent with each message: the oldest turns
-    are left out (the transcript keeps them) so a long conversation stays sendable.
+    ``chat = Chat()`` then ``chat`` as a cell's last line shows the pane. Replies stream
+    token by token; Stop, Pause and Resume work from the pane and from code.
 
-    ``send()`` returns a :class:`~nbchat.reply.Reply` at once; a send while a reply
-    streams is queued and starts when that reply ends.
+    Chat(url=None, model=None, system=None, token=None, *, backoff=None,
+         heartbeat_s=10, max_history_chars=None, conversation=None, **params)
+
+        url: a gateway started with ``nbchat serve`` ("ws://host:8765/v1/chat"); None
+            starts one in this process, with the offline ``demo`` model.
+        model: the model for the next message (default: the gateway's default).
+        system: the system prompt, sent first with every request.
+        token: the gateway's token (``nbchat serve --token``).
+        backoff: how to reconnect after a drop (``nbchat.backoff.Backoff``).
+        heartbeat_s: ping interval; a silent link is dropped within 2 x this + 1 s.
+        max_history_chars: send only the newest whole turns that fit (the transcript
+            keeps everything).
+        conversation: a name: the conversation is kept on disk as it is made, and
+            ``Chat(conversation=name)`` later (after a restart) continues it.
+        **params: request params sent with every message (``temperature``,
+            ``max_tokens``, ``tokens_per_s`` for the demo model, ...).
+
+    Sending and steering:
+        send(text, **params) -> Reply: send a message; returns at once (a send while a
+            reply streams is queued).
+        reply: the reply streaming now (or the next queued one), or None.
+        stop(), pause(), resume(): act on the reply in flight, like the buttons.
+        clear(): stop, and start a fresh transcript.
+        reconnect(): try to reach the gateway again now (the pane's Retry).
+        close(): stop and close; ``with Chat() as chat:`` does it at the end.
+
+    The conversation:
+        messages: the transcript, one dict per message (read-only).
+        to_dataframe(): the transcript as a pandas DataFrame, with timing and usage.
+        to_markdown(): the transcript as Markdown.
+        save(path) / Chat.load(path): a portable JSON file, and a Chat continuing it.
+        Chat.from_dataframe(frame): a Chat whose history is a DataFrame's rows.
+        system: the system prompt.
+        conversation: the name it is kept under on disk, or None.
+        saving: whether messages are being written to that named conversation.
+
+    The link and the models (also shown in the pane):
+        status: connecting, connected, reconnecting, offline or closed.
+        status_detail: e.g. "attempt 2, next in 0.7 s".
+        error: what is wrong, in plain words, or "".
+        models: the models the gateway offers; model: the one used next.
+        active: the reply in flight as {reply, status, model}, or {}.
+        chat_id: identifies this chat to its pane.
+
+    See the README for the limits, the reliability guarantees and real providers.
     """
 
     _esm = _asset("widget.js", _MISSING_BUNDLE)
@@ -93,8 +140,14 @@ class Chat(anywidget.AnyWidget):
         backoff: Backoff | None = None,
         heartbeat_s: float = DEFAULT_HEARTBEAT_S,
         max_history_chars: int | None = None,
+        conversation: str | None = None,
         **params: Any,
     ) -> None:
+        recorder = None
+        if conversation is not None:
+            # First, so a store that cannot be used is an error before anything starts.
+            recorder = ConversationRecorder.open(conversation, system=system, model=model)
+            system, model = recorder.stored.system, model or recorder.stored.model
         super().__init__()
         if url is None:
             gateway = shared_gateway()
@@ -102,18 +155,36 @@ class Chat(anywidget.AnyWidget):
         self.url = url
         if model:
             self.model = model
+        self._saved = _SavedCopyDisplay(self)
         self._bridge = _TraitBridge(self)
-        self._conversation = Conversation(
-            url,
-            token=token,
-            model=model,
-            system=system,
-            params=params,
-            listener=self._bridge,
-            backoff=backoff,
-            heartbeat_s=heartbeat_s,
-            max_history_chars=max_history_chars,
-        )
+        self._recorder = recorder
+        if recorder is not None:
+            recorder.inner = self._bridge
+        try:
+            self._conversation = Conversation(
+                url,
+                token=token,
+                model=model,
+                system=system,
+                params=params,
+                listener=self._bridge if recorder is None else recorder,
+                backoff=backoff,
+                heartbeat_s=heartbeat_s,
+                max_history_chars=max_history_chars,
+            )
+        except BaseException:
+            if recorder is not None:
+                recorder.close()
+            raise
+        if not self.model and self._conversation.model:
+            # The welcome came before _conversation was set, so the bridge could not
+            # read the model the conversation chose (the gateway's default).
+            self.model = self._conversation.model
+        if recorder is not None:
+            recorder.report = self._conversation.report
+            recorder.attach(self._conversation)
+            if recorder.stored.transcript.messages:  # the pane shows the history at once
+                self._conversation.replace_transcript(recorder.stored.transcript)
         self.on_msg(self._on_pane_message)
         _keep_pane_messages_on_their_subshell(self.comm)
 
@@ -198,8 +269,16 @@ class Chat(anywidget.AnyWidget):
         self._conversation.reconnect()
 
     def clear(self) -> None:
-        """Stop what is running, drop queued messages and start a fresh transcript."""
+        """Stop what is running, drop queued messages and start a fresh transcript.
+
+        For a named chat (``conversation=``) the stored conversation is emptied too,
+        whoever wrote its messages: it keeps its name, system prompt and model, and the
+        turns that follow are saved into it. Another chat open on that name stops
+        saving and says so in its ``error``. Raises ``ConversationStoreError`` if the
+        store could not be emptied (the transcript here is cleared all the same)."""
         self._conversation.clear()
+        if self._recorder is not None:
+            self._recorder.clear()
 
     def to_markdown(self) -> str:
         """The conversation as Markdown: each message under its author, and after each
@@ -278,12 +357,49 @@ class Chat(anywidget.AnyWidget):
     def system(self) -> str | None:
         return self._conversation.transcript.system
 
+    @property
+    def conversation(self) -> str | None:
+        """The name this chat is saved under (``Chat(conversation=...)``), or None."""
+        recorder = getattr(self, "_recorder", None)
+        return recorder.name if recorder is not None else None
+
+    @property
+    def saving(self) -> bool:
+        """Whether this chat is being saved to the conversation store: a named chat
+        stops when its conversation is deleted, or cleared by another chat."""
+        recorder = getattr(self, "_recorder", None)
+        return recorder is not None and recorder.saving
+
     def close(self) -> None:
-        """Stop what is running, close the connection and the widget. Idempotent."""
+        """Stop what is running, close the connection and the widget. Idempotent.
+        A named chat's last messages are written to the store before it returns."""
         conversation = getattr(self, "_conversation", None)
         if conversation is not None:
             conversation.close()
+        recorder = getattr(self, "_recorder", None)
+        if recorder is not None:
+            recorder.close()
         super().close()
+
+    def _ipython_display_(self) -> None:
+        """Show the live pane, and after it the conversation's saved copy: what a saved
+        notebook shows without a kernel, hidden while the pane is live."""
+        from IPython.display import display
+
+        bundle = self._repr_mimebundle_()
+        if bundle is not None:
+            data, metadata = bundle
+            display(data, metadata=metadata, raw=True)  # type: ignore[no-untyped-call]
+        self._saved.show()
+
+    def __repr__(self) -> str:
+        conversation = getattr(self, "_conversation", None)
+        if conversation is None:
+            return "Chat()"
+        return (
+            f"Chat(model={self.model or conversation.model!r}, "
+            f"turns={conversation.transcript.turns}, status={self.status!r})"
+        )
 
     def __enter__(self) -> Chat:
         return self
@@ -325,14 +441,18 @@ class _TraitBridge(ConversationListener):
 
     def on_models(self, models: list[str]) -> None:
         self.chat.models = models
-        if not self.chat.model and models:
-            self.chat.model = models[0]
+        # The conversation has chosen (the gateway's default, unless Chat(model=...)).
+        conversation = getattr(self.chat, "_conversation", None)
+        chosen = conversation.model if conversation is not None else None
+        if not self.chat.model and chosen:
+            self.chat.model = chosen
 
     def on_transcript(self) -> None:
         # Only what changed goes to the pane: a turn costs the same at message 2,000.
         message = self.transcript.update(self.chat._conversation.records())
         if message is not None:
             self.chat._push(message)
+        self.chat._saved.changed()
 
     def on_reply_start(self, reply: Reply) -> None:
         self.batcher.begin(reply.id)
@@ -393,3 +513,92 @@ class _TraitBridge(ConversationListener):
 
 def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not a number a transcript can hold")
+
+
+class _SavedCopyDisplay:
+    """Keeps a chat's saved copy in the notebook: a display output after the pane whose
+    bundle is the conversation as HTML and Markdown (:mod:`nbchat.saved_copy`), so a
+    saved notebook shows it without a kernel. Updated by display id at turn boundaries,
+    at most once per :data:`SAVED_COPY_INTERVAL_S`, from the client loop thread; never
+    through the widget, whose view would be rebuilt by an update of its own output."""
+
+    def __init__(self, chat: Chat) -> None:
+        self.chat = chat
+        self.copy = SavedCopy(chat.chat_id)
+        self.display_id = f"nbchat-saved-{chat.chat_id}"
+        self.shown = False
+        self._parent: Any = None  # the header of the cell that showed it
+        self._cell: str | None = None  # that cell's id, when the front end says it
+        self._handle: asyncio.TimerHandle | None = None
+        self._last = -SAVED_COPY_INTERVAL_S
+
+    def show(self) -> None:
+        """Publish the copy as a new output of the running cell. A view in another
+        cell (the chat shown again where it is driven) gets a one-line note instead,
+        so a saved notebook holds the conversation once."""
+        from IPython.display import display
+
+        cell = _running_cell_id()
+        if self.shown and cell is not None and self._cell is not None and cell != self._cell:
+            display(view_note(self.chat.chat_id), raw=True)  # type: ignore[no-untyped-call]
+            return
+        self._parent = getattr(_display_publisher(), "parent_header", None)
+        self._cell = cell
+        display(self._bundle(), raw=True, display_id=self.display_id)  # type: ignore[no-untyped-call]
+        self.shown = True
+
+    def changed(self) -> None:
+        """The transcript changed (any thread): update the copy soon."""
+        if self.shown:
+            self.chat._conversation._loop.call_soon_threadsafe(self._schedule)
+
+    def _schedule(self) -> None:
+        if self._handle is None:
+            loop = asyncio.get_running_loop()
+            delay = max(0.0, self._last + SAVED_COPY_INTERVAL_S - loop.time())
+            self._handle = loop.call_later(delay, self._publish)
+
+    def _publish(self) -> None:
+        from IPython.display import update_display
+
+        self._handle = None
+        self._last = asyncio.get_running_loop().time()
+        publisher = _display_publisher()
+        # Parented to the cell that showed it, as an update from that cell would be.
+        token = None
+        if self._parent and hasattr(publisher, "set_thread_parent"):
+            token = publisher.set_thread_parent(self._parent)
+        try:
+            update_display(  # type: ignore[no-untyped-call]
+                self._bundle(), raw=True, display_id=self.display_id
+            )
+        except Exception as exc:  # a kernel shutting down must not end the client loop
+            log.debug("saved copy not updated: %s", exc)
+        finally:
+            if token is not None:
+                publisher.reset_thread_parent(token)
+
+    def _bundle(self) -> dict[str, str]:
+        conversation = self.chat._conversation
+        with conversation.lock:
+            return self.copy.bundle(conversation.transcript)
+
+
+def _running_cell_id() -> str | None:
+    """The id of the notebook cell being run, where the front end sends it (JupyterLab
+    and Notebook 7 put it in the execute request's metadata)."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    kernel = getattr(InteractiveShell.instance(), "kernel", None)
+    try:
+        parent = kernel.get_parent() if kernel is not None else None
+    except Exception:  # an older kernel without get_parent()
+        return None
+    cell = ((parent or {}).get("metadata") or {}).get("cellId")
+    return cell if isinstance(cell, str) else None
+
+
+def _display_publisher() -> Any:
+    from IPython.core.interactiveshell import InteractiveShell
+
+    return InteractiveShell.instance().display_pub

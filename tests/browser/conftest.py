@@ -3,6 +3,7 @@ driving Debian's Chromium against it (never a downloaded browser)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -68,11 +69,10 @@ class LabServer:
         (folder / "themes.jupyterlab-settings").write_text(json.dumps({"theme": theme}))
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabServer]:
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is missing: apt-get install chromium")
-    base = tmp_path_factory.mktemp("lab")
+@contextlib.contextmanager
+def running_lab(base: Path) -> Iterator[LabServer]:
+    """A JupyterLab server of its own under ``base`` (config, runtime and root there),
+    on a free loopback port with a random token; stopped on exit."""
     root, settings, user_settings = base / "root", base / "settings", base / "user-settings"
     for folder in (root, settings, user_settings):
         folder.mkdir()
@@ -129,12 +129,22 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabServer]:
                 log_text = (base / "lab.log").read_text()
                 raise RuntimeError(f"JupyterLab did not start:\n{log_text}") from exc
             time.sleep(0.2)
-    yield LabServer(url, token, root, user_settings)
-    process.terminate()
     try:
-        process.wait(TIMEOUT)
-    except subprocess.TimeoutExpired:
-        process.kill()
+        yield LabServer(url, token, root, user_settings)
+    finally:
+        process.terminate()
+        try:
+            process.wait(TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabServer]:
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is missing: apt-get install chromium")
+    with running_lab(tmp_path_factory.mktemp("lab")) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

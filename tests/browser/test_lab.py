@@ -62,7 +62,8 @@ def test_quickstart_runs_and_a_typed_message_streams(open_notebook: Opener) -> N
     last = nb.cells().count() - 1
     nb.wait_cell_done(last)
     assert nb.page.locator('[data-mime-type="application/vnd.jupyter.stderr"]').count() == 0
-    assert "first_token_s" in nb.output(last)  # the DataFrame rendered
+    assert "first_token_s" in nb.output(last - 2)  # the DataFrame rendered
+    assert "messages loaded from quickstart-chat.json" in nb.output(last)
 
     box = pane(nb).locator(".nbchat-input")
     box.fill("Hello from the browser")

@@ -1,0 +1,165 @@
+"""The saved copy: a static rendering of a conversation that the notebook keeps.
+
+The live pane is a widget, and a saved notebook holds only a reference to it: reopened
+without the kernel, converted by nbconvert or shown on a site that knows nothing of
+widgets, it shows an error or a repr. So beside the pane, the chat keeps a second output
+whose mime bundle is the conversation itself (HTML, Markdown and plain text), updated at
+turn boundaries; while the pane is live it hides that output (see js/src/saved.ts).
+
+Pure: no I/O. Markdown is rendered by ``markdown-it-py`` with raw HTML off, so model
+output shows as text, never as markup; links with scripting schemes are refused by its
+link validation, and images are not loaded (they become links).
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from dataclasses import dataclass, field
+from typing import Final
+
+from markdown_it import MarkdownIt
+
+from .transcript import Message, Transcript, footer_line, transcript_to_markdown
+
+__all__ = ["MAX_SAVED_CHARS", "SAVED_ATTRIBUTE", "SavedCopy", "view_note"]
+
+# The attribute that marks a saved copy in the page; the live pane hides the element
+# that carries its chat's id.
+SAVED_ATTRIBUTE: Final = "data-nbchat-saved"
+# How much message text one copy holds: the newest messages that fit. The copy is
+# resent whole at each turn, so its size bounds that traffic; the whole conversation
+# is in chat.save() or a named conversation.
+MAX_SAVED_CHARS: Final = 200_000
+
+_STYLE: Final = """<style>
+.nbchat-saved{font-family:var(--jp-ui-font-family,sans-serif);font-size:var(--jp-content-font-size1,14px);
+ color:var(--jp-content-font-color1,inherit);border:1px solid var(--jp-border-color2,#ddd);
+ border-radius:4px;padding:0 12px 8px;max-width:100%}
+.nbchat-saved-note{font-size:12px;color:var(--jp-ui-font-color2,#666);padding:6px 12px}
+.nbchat-saved-banner{font-size:12px;color:var(--jp-ui-font-color2,#666);padding:6px 0;
+ border-bottom:1px solid var(--jp-border-color2,#ddd);margin-bottom:4px}
+.nbchat-saved-role{font-weight:600;margin-top:10px}
+.nbchat-saved-footer{font-size:12px;color:var(--jp-ui-font-color2,#666)}
+.nbchat-saved-user .nbchat-saved-body{white-space:pre-wrap}
+.nbchat-saved pre{overflow-x:auto;background:var(--jp-layout-color2,#f5f5f5);padding:6px}
+.jp-OutputArea-child:has(+ .jp-OutputArea-child [data-nbchat-saved]):not(:has(.nbchat)){
+ display:none}
+</style>"""
+# The last rule hides the output just before a saved copy (the pane's own output) when no
+# live pane is in it: after a restart, JupyterLab shows "Error displaying widget: model
+# not found" there, and nbconvert the repr. Style rules reach the page only where the
+# notebook is trusted (your own saved notebook) or in nbconvert's HTML.
+
+
+def view_note(chat_id: str) -> dict[str, str]:
+    """What a further view of a chat leaves in the notebook: a line pointing to the
+    view that holds the saved copy (shown, like it, only when the pane is not live)."""
+    text = "nbchat: another view of the chat shown above, where its saved copy is."
+    return {
+        "text/html": (
+            f'{_STYLE}<div class="nbchat-saved nbchat-saved-note" '
+            f'{SAVED_ATTRIBUTE}="{html.escape(chat_id)}">{html.escape(text)}</div>'
+        ),
+        "text/plain": text,
+    }
+
+
+def _markdown() -> MarkdownIt:
+    md = MarkdownIt("commonmark", {"html": False}).enable(["table", "strikethrough"])
+    md.disable("image")  # a copy opened later must not fetch what a model linked
+    return md
+
+
+@dataclass
+class SavedCopy:
+    """Renders a chat's saved copy. Keeps each finished message's HTML, so a turn costs
+    the new messages' rendering, not the whole conversation's."""
+
+    chat_id: str
+    max_chars: int = MAX_SAVED_CHARS
+    _md: MarkdownIt = field(default_factory=_markdown, repr=False)
+    _html: dict[int, tuple[Message, str]] = field(default_factory=dict, repr=False)
+
+    def bundle(self, transcript: Transcript, *, now: float | None = None) -> dict[str, str]:
+        """The copy as a mime bundle: ``text/html``, ``text/markdown``, ``text/plain``."""
+        shown, left_out = _newest_that_fit(transcript.messages, self.max_chars)
+        stamp = time.strftime(
+            "%Y-%m-%d %H:%M UTC", time.gmtime(time.time() if now is None else now)
+        )
+        turns = transcript.turns
+        banner = (
+            f"Saved copy of an nbchat conversation · {turns} turn{'s' * (turns != 1)} · "
+            f"{stamp} · read-only: run the cell again to chat"
+        )
+        note = (
+            f"{left_out} earlier message{'s' * (left_out != 1)} not in this copy "
+            "(chat.save() or a named conversation keeps them all)"
+            if left_out
+            else ""
+        )
+        view = Transcript(system=transcript.system, messages=shown)
+        markdown = f"> *{banner}*\n\n" + (f"*{note}*\n\n" if note else "")
+        markdown += transcript_to_markdown(view)
+        self._forget_gone(shown)
+        parts = [
+            _STYLE,
+            f'<div class="nbchat-saved" {SAVED_ATTRIBUTE}="{html.escape(self.chat_id)}">',
+            f'<div class="nbchat-saved-banner">{html.escape(banner)}</div>',
+        ]
+        if note:
+            parts.append(f'<div class="nbchat-saved-footer">{html.escape(note)}</div>')
+        if transcript.system:
+            parts.append(self._block("system", "System", html.escape(transcript.system), ""))
+        parts += [self._message_html(m) for m in shown]
+        parts.append("</div>")
+        return {"text/html": "".join(parts), "text/markdown": markdown, "text/plain": markdown}
+
+    def _message_html(self, message: Message) -> str:
+        cached = self._html.get(id(message))
+        if cached is not None and cached[0] is message:
+            return cached[1]
+        if message.role == "user":
+            # What the user typed is shown as typed, like the pane's own bubble.
+            out = self._block("user", "You", html.escape(message.content), "")
+        else:
+            body = (
+                self._md.render(message.content) if message.content else "<p><em>(no text)</em></p>"
+            )
+            if message.reasoning:
+                reasoning = html.escape(message.reasoning)
+                body = (
+                    f"<details><summary>Reasoning</summary><pre>{reasoning}</pre></details>{body}"
+                )
+            footer = html.escape(footer_line(message))
+            out = self._block(message.role, message.model or "assistant", body, footer)
+        if message.final:
+            self._html[id(message)] = (message, out)
+        return out
+
+    @staticmethod
+    def _block(role: str, who: str, body: str, footer: str) -> str:
+        foot = f'<div class="nbchat-saved-footer">{footer}</div>' if footer else ""
+        return (
+            f'<div class="nbchat-saved-msg nbchat-saved-{role}">'
+            f'<div class="nbchat-saved-role">{html.escape(who)}</div>'
+            f'<div class="nbchat-saved-body">{body}</div>{foot}</div>'
+        )
+
+    def _forget_gone(self, shown: list[Message]) -> None:
+        if len(self._html) > 2 * len(shown) + 16:  # cleared or trimmed: drop the rest
+            keep = {id(m) for m in shown}
+            self._html = {k: v for k, v in self._html.items() if k in keep}
+
+
+def _newest_that_fit(messages: list[Message], max_chars: int) -> tuple[list[Message], int]:
+    """The newest messages whose text fits in ``max_chars`` (always the newest one), and
+    how many older ones were left out."""
+    used, start = 0, len(messages)
+    while start > 0:
+        size = len(messages[start - 1].content) + len(messages[start - 1].reasoning or "")
+        if used + size > max_chars and start < len(messages):
+            break
+        used += size
+        start -= 1
+    return messages[start:], start
