@@ -26,6 +26,21 @@ RECORDINGS = {
 }
 
 
+def _send_error(
+    handler: BaseHTTPRequestHandler,
+    status: int,
+    payload: bytes,
+    headers: dict[str, str] | None = None,
+) -> None:
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(payload)))
+    for name, value in (headers or {}).items():
+        handler.send_header(name, value)
+    handler.end_headers()
+    handler.wfile.write(payload)
+
+
 def _error_body(message: str, kind: str) -> bytes:
     return json.dumps({"error": {"message": message, "type": kind, "code": None}}).encode()
 
@@ -102,11 +117,7 @@ class Replay:
         if self.key is None or given == self.key:
             return True
         payload = _error_body(f"Incorrect API key provided: {given}.", "invalid_request_error")
-        handler.send_response(401)
-        handler.send_header("Content-Type", "application/json")
-        handler.send_header("Content-Length", str(len(payload)))
-        handler.end_headers()
-        handler.wfile.write(payload)
+        _send_error(handler, 401, payload)
         return False
 
     def answer(self, handler: BaseHTTPRequestHandler, body: dict[str, Any]) -> None:
@@ -118,13 +129,7 @@ class Replay:
         if failure is not None:
             status, message, headers = failure
             payload = _error_body(message.format(key=key, model=model), "invalid_request_error")
-            handler.send_response(status)
-            handler.send_header("Content-Type", "application/json")
-            handler.send_header("Content-Length", str(len(payload)))
-            for name, value in headers.items():
-                handler.send_header(name, value)
-            handler.end_headers()
-            handler.wfile.write(payload)
+            _send_error(handler, status, payload, headers)
             return
         if model == "silent":
             self._stream(handler, [], hold_s=30)
@@ -139,11 +144,7 @@ class Replay:
             self._stream(handler, [e + "\n\n" for e in text.split("\n\n") if e.strip()])
         else:
             payload = _error_body(f"The model `{model}` does not exist", "not_found_error")
-            handler.send_response(404)
-            handler.send_header("Content-Type", "application/json")
-            handler.send_header("Content-Length", str(len(payload)))
-            handler.end_headers()
-            handler.wfile.write(payload)
+            _send_error(handler, 404, payload)
 
     def _stream(
         self, handler: BaseHTTPRequestHandler, events: list[str], hold_s: float = 0.0
