@@ -6,10 +6,22 @@ export type Finish = "stop" | "length" | "stopped" | "error";
 export type ReplyStatus = "pending" | "streaming" | "paused" | "done" | "stopped" | "error";
 export type LinkStatus = "connecting" | "connected" | "reconnecting" | "offline" | "closed";
 
+/** A kernel object attached to a user message (nbchat.context): `text` is what the
+ * model received after the message. */
+export interface Attachment {
+  name: string;
+  kind: string;
+  summary: string;
+  text: string;
+}
+
 export interface MessageRecord {
   turn: number;
   role: Role;
   content: string;
+  /** What was attached to a user message; null when nothing was (optional: records
+   * from an older kernel lack it). */
+  context?: Attachment[] | null;
   model: string | null;
   finish: Finish | null;
   error: string | null;

@@ -6,7 +6,7 @@
 import type { AnyModel } from "@anywidget/types";
 
 import { renderMarkdown } from "./markdown";
-import type { ChatModel, MessageRecord, PaneCommand, ReplyStatus } from "./model";
+import type { Attachment, ChatModel, MessageRecord, PaneCommand, ReplyStatus } from "./model";
 import { AutoScroll } from "./scroll";
 import type { LiveStream } from "./stream";
 import type { TranscriptStore } from "./transcript";
@@ -126,6 +126,27 @@ function addCodeBars(body: HTMLElement): void {
     pre.replaceWith(block);
     block.append(bar, pre);
   }
+}
+
+/** A chip per attachment of a user message (its name and kind); each opens a preview
+ * of the text the model received. Text only: an attachment is kernel data, never HTML. */
+export function contextChips(context: readonly Attachment[]): HTMLElement {
+  const list = element("div", "nbchat-context", { "aria-label": "Attached" });
+  for (const item of context) {
+    const chip = element("details", "nbchat-chip");
+    const summary = element("summary", "");
+    const name = element("span", "nbchat-chip-name");
+    name.textContent = `@${item.name}`;
+    const kind = element("span", "nbchat-chip-kind");
+    kind.textContent = item.summary ? `${item.kind}, ${item.summary}` : item.kind;
+    summary.title = "Show what the model received";
+    summary.append(name, kind);
+    const preview = element("pre", "nbchat-chip-preview");
+    preview.textContent = item.text;
+    chip.append(summary, preview);
+    list.appendChild(chip);
+  }
+  return list;
 }
 
 export function renderChat(
@@ -258,6 +279,7 @@ export function renderChat(
         body.textContent = message.content;
       }
       item.append(body);
+      if (message.context?.length) item.append(contextChips(message.context));
       if (message.error) {
         const error = element("div", "nbchat-msg-error", { role: "alert" });
         error.textContent = message.error;

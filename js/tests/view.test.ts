@@ -2,7 +2,7 @@
 import { describe, expect, it } from "vitest";
 
 import type { MessageRecord } from "../src/model";
-import { liveMetaLine, messageStatus, statusLabel } from "../src/view";
+import { contextChips, liveMetaLine, messageStatus, statusLabel } from "../src/view";
 
 const reply = (over: Partial<MessageRecord>): MessageRecord => ({
   turn: 1, role: "assistant", content: "", model: "demo", finish: null, error: null,
@@ -36,5 +36,34 @@ describe("liveMetaLine", () => {
     expect(liveMetaLine("paused", "reconnecting")).toBe("paused · reconnecting…");
     expect(liveMetaLine("streaming", "connected")).toBe("");
     expect(liveMetaLine("paused", "connected")).toBe("paused");
+  });
+});
+
+describe("contextChips", () => {
+  const attachment = {
+    name: "df",
+    kind: "DataFrame",
+    summary: "3 rows × 2 columns",
+    text: "DataFrame: 3 rows × 2 columns\n| <b>x</b> | <img src=x onerror=alert(1)> |",
+  };
+
+  it("shows a chip per attachment with its name and kind, opening the text sent", () => {
+    const list = contextChips([attachment, { name: "n", kind: "int", summary: "", text: "3" }]);
+    const chips = list.querySelectorAll("details.nbchat-chip");
+    expect(chips).toHaveLength(2);
+    expect(chips[0].querySelector(".nbchat-chip-name")?.textContent).toBe("@df");
+    expect(chips[0].querySelector(".nbchat-chip-kind")?.textContent).toBe(
+      "DataFrame, 3 rows × 2 columns",
+    );
+    expect(chips[1].querySelector(".nbchat-chip-kind")?.textContent).toBe("int");
+    expect((chips[0] as HTMLDetailsElement).open).toBe(false); // folded until clicked
+    expect(chips[0].querySelector("pre")?.textContent).toBe(attachment.text);
+  });
+
+  it("renders the text as text, never as HTML", () => {
+    const list = contextChips([attachment]);
+    expect(list.querySelector("img")).toBeNull();
+    expect(list.querySelector("b")).toBeNull();
+    expect(list.querySelector("pre")?.innerHTML).toContain("&lt;img");
   });
 });

@@ -6,6 +6,7 @@ __version__ = "0.1.0"
 
 from .client import GatewayUnavailable
 from .conversation_store import ConversationStoreError, conversations, delete_conversation
+from .local_models import register_model
 from .reply import Reply
 from .widget import Chat
 
@@ -17,4 +18,5 @@ __all__ = [
     "__version__",
     "conversations",
     "delete_conversation",
+    "register_model",
 ]

@@ -25,6 +25,7 @@ from .client import (
     RequestTooLarge,
     client_loop,
 )
+from .context import Attachment
 from .protocol import (
     ChatMessage,
     Delta,
@@ -121,6 +122,7 @@ class Conversation:
         self._loop = client_loop()
         self._queue: asyncio.Queue[Reply | None] = asyncio.Queue()
         self._queued: list[Reply] = []
+        self._context: dict[str, list[dict[str, str]]] = {}  # by reply id, until it runs
         self._current: _InFlight | None = None
         self._closing = False
         self._connection = ClientConnection(
@@ -135,10 +137,13 @@ class Conversation:
 
     # --- called from any thread ---------------------------------------------------
 
-    def send(self, text: str, **params: Any) -> Reply:
+    def send(self, text: str, context: list[Attachment] | None = None, **params: Any) -> Reply:
+        """Queue a user message; ``context`` is its attachments (made by
+        :mod:`nbchat.context`), sent after the text in this request and every later one."""
         if not isinstance(text, str) or not text.strip():
             raise ValueError("cannot send an empty message; pass some text")
         _check_sendable("the message", text)
+        attachments = _checked_context(context)
         merged = _checked_params({**self.params, **params})
         if self._closing:
             raise RuntimeError("this chat is closed; create a new Chat()")
@@ -147,6 +152,8 @@ class Conversation:
         reply.model = self.model
         with self.lock:
             self._queued.append(reply)
+            if attachments:
+                self._context[reply.id] = attachments
         self._loop.call_soon_threadsafe(self._queue.put_nowait, reply)
         return reply
 
@@ -271,19 +278,20 @@ class Conversation:
                 with self.lock:
                     if reply in self._queued:
                         self._queued.remove(reply)
+                    context = self._context.pop(reply.id, None)
                 if reply.finished:
                     continue  # stopped while it waited in the queue
-                await self._run(reply)
+                await self._run(reply, context)
         finally:
             await self._connection.close()
 
-    async def _run(self, reply: Reply) -> None:
+    async def _run(self, reply: Reply, context: list[dict[str, str]] | None = None) -> None:
         model = reply.model or self.model or "demo"
         reply.model = model
         with self.lock:
             # The message is stamped when it was sent, the reply when it starts (later,
             # if it waited in the queue).
-            self.transcript.add_user(reply.prompt, at=reply.sent_at)
+            self.transcript.add_user(reply.prompt, at=reply.sent_at, context=context)
             history = self.transcript.history(self.max_history_chars)
             message = self.transcript.add_assistant(reply_id=reply.id, model=model, at=time.time())
         in_flight = _InFlight(reply, message, self._loop.time(), asyncio.Event())
@@ -473,6 +481,27 @@ def _check_sendable(what: str, text: str) -> None:
             f"{at}, which is not valid Unicode and cannot be sent; fix the text, "
             "e.g. text.encode('utf-8', 'surrogateescape').decode('utf-8', 'replace')"
         )
+
+
+def _checked_context(context: list[Attachment] | None) -> list[dict[str, str]]:
+    """Attachments as given, if each is ``{name, kind, text, summary?}`` of valid text."""
+    out: list[dict[str, str]] = []
+    for item in context or ():
+        raw: dict[str, Any] = dict(item) if isinstance(item, dict) else {}
+        checked = {k: raw.get(k, "" if k == "summary" else None) for k in _ATTACHMENT_KEYS}
+        values = [v for v in checked.values() if isinstance(v, str)]
+        if len(values) != len(_ATTACHMENT_KEYS):
+            raise ValueError(
+                "context attachments must be {name, kind, text} dicts of text; "
+                "chat.send(text, context=[obj, ...]) makes them from objects"
+            )
+        for value in values:
+            _check_sendable("an attachment", value)
+        out.append({k: str(v) for k, v in checked.items()})
+    return out
+
+
+_ATTACHMENT_KEYS = ("name", "kind", "summary", "text")
 
 
 def _checked_params(params: dict[str, Any]) -> dict[str, Any]:

@@ -6,10 +6,12 @@ works without it until a DataFrame is asked for.
 
 from __future__ import annotations
 
+import ast
 import math
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Final
 
+from .context import render_message
 from .protocol import FINISH_REASONS, ROLES, ChatMessage, FinishReason, Role, lone_surrogate
 
 if TYPE_CHECKING:
@@ -38,6 +40,7 @@ COLUMNS: Final = (
     "turn",
     "role",
     "content",
+    "context",
     "reasoning",
     "model",
     "finish",
@@ -76,6 +79,14 @@ class Message:
     error: str | None = None
     reply_id: str | None = None
     reasoning: str | None = None  # streamed apart from the answer; never sent back
+    # A user message's attachments ({name, kind, summary, text}, see nbchat.context):
+    # the model receives them after the text, in this turn and with every later one.
+    context: list[dict[str, str]] | None = None
+
+    @property
+    def sent_content(self) -> str:
+        """The content as the model receives it: the text, then any attachments."""
+        return render_message(self.content, self.context) if self.context else self.content
 
     @property
     def tokens_per_s(self) -> float | None:
@@ -97,6 +108,7 @@ class Message:
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in _FIELDS}
         data["usage"] = dict(self.usage) if self.usage is not None else None
+        data["context"] = [dict(a) for a in self.context] if self.context else None
         data["tokens_per_s"] = self.tokens_per_s
         return data
 
@@ -120,8 +132,16 @@ class Transcript:
     def turns(self) -> int:
         return sum(1 for m in self.messages if m.role == "user")
 
-    def add_user(self, content: str, *, at: float) -> Message:
-        message = Message(turn=self.turns + 1, role="user", content=content, created_at=at)
+    def add_user(
+        self, content: str, *, at: float, context: list[dict[str, str]] | None = None
+    ) -> Message:
+        message = Message(
+            turn=self.turns + 1,
+            role="user",
+            content=content,
+            created_at=at,
+            context=[dict(a) for a in context] if context else None,
+        )
         self.messages.append(message)
         return message
 
@@ -140,28 +160,28 @@ class Transcript:
     def history(self, max_chars: int | None = None) -> tuple[ChatMessage, ...]:
         """The messages to send with the next request: the system prompt, then every
         message with content. A stopped reply's partial text is kept; an empty failed
-        reply is left out, so a retry does not carry it.
+        reply is left out, so a retry does not carry it. A user message carries its
+        attachments after its text, every time (the model saw them).
 
         With ``max_chars``, the oldest turns are left out until the messages' content
         fits in that many characters; the system prompt and the newest message are
         always sent."""
         kept = [m for m in self.messages if m.content or m.role == "user"]
+        sent = [m.sent_content for m in kept]
         if max_chars is not None and kept:
             budget = max_chars - len(self.system or "")
             start, used = len(kept), 0
-            while start > 0 and (
-                used + len(kept[start - 1].content) <= budget or start == len(kept)
-            ):
+            while start > 0 and (used + len(sent[start - 1]) <= budget or start == len(kept)):
                 start -= 1
-                used += len(kept[start].content)
+                used += len(sent[start])
             # Whole turns only: a history never opens with a reply whose prompt is gone.
             while start < len(kept) - 1 and kept[start].role != "user":
                 start += 1
-            kept = kept[start:]
+            kept, sent = kept[start:], sent[start:]
         out: list[ChatMessage] = []
         if self.system:
             out.append(ChatMessage(role="system", content=self.system))
-        out += [ChatMessage(role=m.role, content=m.content) for m in kept]
+        out += [ChatMessage(role=m.role, content=text) for m, text in zip(kept, sent, strict=True)]
         return tuple(out)
 
     def clear(self) -> None:
@@ -226,7 +246,10 @@ _SAVED: Final[dict[str, tuple[type, ...]]] = {
     "error": (str,),
     "reply_id": (str,),
     "reasoning": (str,),
+    "context": (list,),
 }
+# An attachment's fields (nbchat.context.Attachment); summary is optional.
+_ATTACHMENT_FIELDS: Final = ("name", "kind", "text")
 
 
 def transcript_to_json(transcript: Transcript) -> dict[str, Any]:
@@ -298,7 +321,10 @@ def _message_from(item: Any, where: str) -> Message:
         for key, count in usage.items():
             if not isinstance(key, str) or isinstance(count, bool) or not isinstance(count, int):
                 raise ValueError(f"{where}: usage must map names to whole numbers")
-    for text in (content, fields_["model"], fields_["error"], fields_["reasoning"]):
+    fields_["context"] = _context_from(fields_["context"], where)
+    texts = [content, fields_["model"], fields_["error"], fields_["reasoning"]]
+    texts += [v for a in fields_["context"] or () for v in a.values()]
+    for text in texts:
         if isinstance(text, str) and lone_surrogate(text) is not None:
             raise ValueError(f"{where}: text contains a lone surrogate")
     if role == "assistant" and fields_["finish"] is None:
@@ -310,6 +336,23 @@ def _message_from(item: Any, where: str) -> Message:
         created_at=float(fields_.pop("created_at") or 0.0),
         **fields_,
     )
+
+
+def _context_from(value: list[Any] | None, where: str) -> list[dict[str, str]] | None:
+    """A saved message's attachments, checked: a list of {name, kind, text, summary?}."""
+    if not value:
+        return None
+    out = []
+    for item in value:
+        if not isinstance(item, dict) or not all(
+            isinstance(item.get(k), str) for k in _ATTACHMENT_FIELDS
+        ):
+            raise ValueError(f"{where}: context must be a list of {{name, kind, text}} objects")
+        summary = item.get("summary")
+        if summary is not None and not isinstance(summary, str):
+            raise ValueError(f"{where}: a context summary must be text")
+        out.append({k: item[k] for k in _ATTACHMENT_FIELDS} | {"summary": summary or ""})
+    return out
 
 
 def transcript_from_records(records: list[dict[str, Any]], system: str | None = None) -> Transcript:
@@ -331,11 +374,25 @@ def transcript_from_records(records: list[dict[str, Any]], system: str | None = 
         # An empty text cell comes back from CSV and friends as missing.
         item.update(role=data.get("role"), content="" if content is None else content)
         item["usage"] = usage or None
+        item["context"] = _context_cell(data.get("context"), f"row {i}")
         message = _message_from(item, f"row {i}")
         turn += message.role == "user"
         message.turn = max(turn, 1)
         transcript.messages.append(message)
     return transcript
+
+
+def _context_cell(value: Any, where: str) -> Any:
+    """A DataFrame's context cell: a list, or that list as text (CSV writes it as a
+    Python or JSON literal); empty or missing is none."""
+    if isinstance(value, str):
+        if not value.strip():
+            return None
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            raise ValueError(f"{where}: context must be a list of attachments") from None
+    return value
 
 
 def transcript_to_markdown(transcript: Transcript) -> str:
@@ -347,6 +404,8 @@ def transcript_to_markdown(transcript: Transcript) -> str:
     for m in transcript.messages:
         if m.role == "user":
             parts.append(f"**You**\n\n{m.content}")
+            if m.context:
+                parts.append("*Attached: " + "; ".join(_attached(a) for a in m.context) + "*")
             continue
         if m.role == "system":
             parts.append(f"**System:** {m.content}")
@@ -354,6 +413,11 @@ def transcript_to_markdown(transcript: Transcript) -> str:
         parts.append(f"**{m.model or 'assistant'}**\n\n{m.content or '*(no text)*'}")
         parts.append("*" + footer_line(m) + "*")
     return "\n\n".join(parts) + "\n"
+
+
+def _attached(item: dict[str, str]) -> str:
+    about = ", ".join(p for p in (item.get("kind"), item.get("summary")) if p)
+    return f"`{item.get('name')}` ({about})" if about else f"`{item.get('name')}`"
 
 
 def footer_line(m: Message) -> str:

@@ -20,9 +20,11 @@ import traitlets
 
 from .backoff import Backoff
 from .client import DEFAULT_HEARTBEAT_S
+from .context import gather
 from .conversation import ConnectionStatus, Conversation, ConversationListener
 from .conversation_store import ConversationRecorder
-from .gateway.embedded import shared_gateway
+from .gateway.embedded import configured_models, shared_gateway
+from .local_models import MODELS, REMOTE_GATEWAY_MESSAGE, ModelFunction
 from .pane import StreamBatcher, TranscriptSync, parse_command
 from .reply import Reply
 from .saved_copy import SavedCopy, view_note
@@ -59,6 +61,16 @@ def _asset(name: str, fallback: str) -> Path | str:
     return path if path.exists() else fallback
 
 
+class _ModelName(traitlets.Unicode):  # type: ignore[type-arg]
+    """``Chat.model``: a model name. A callable assigned to it is served as a model by
+    the embedded gateway (see ``nbchat.local_models``), and the trait holds its name."""
+
+    def validate(self, obj: Any, value: Any) -> Any:
+        if callable(value):
+            value = obj._local_model(value)
+        return super().validate(obj, value)
+
+
 class Chat(anywidget.AnyWidget):
     """A streaming LLM chat: a pane in the notebook, and an object to drive from code.
 
@@ -70,7 +82,9 @@ class Chat(anywidget.AnyWidget):
 
         url: a gateway started with ``nbchat serve`` ("ws://host:8765/v1/chat"); None
             starts one in this process, with the offline ``demo`` model.
-        model: the model for the next message (default: the gateway's default).
+        model: the model for the next message (default: the gateway's default), or a
+            Python function to be the model: ``fn(messages, **params)`` returning or
+            yielding str, sync or async; it runs in this kernel (no ``url``).
         system: the system prompt, sent first with every request.
         token: the gateway's token (``nbchat serve --token``).
         backoff: how to reconnect after a drop (``nbchat.backoff.Backoff``).
@@ -83,8 +97,10 @@ class Chat(anywidget.AnyWidget):
             ``max_tokens``, ``tokens_per_s`` for the demo model, ...).
 
     Sending and steering:
-        send(text, **params) -> Reply: send a message; returns at once (a send while a
-            reply streams is queued).
+        send(text, context=None, **params) -> Reply: send a message; returns at once
+            (a send while a reply streams is queued). ``@name`` in the text attaches
+            the kernel variable ``name``; ``context=[df, fig]`` attaches objects
+            (a DataFrame as its schema, null counts and a sample; see the README).
         reply: the reply streaming now (or the next queued one), or None.
         stop(), pause(), resume(): act on the reply in flight, like the buttons.
         clear(): stop, and start a fresh transcript.
@@ -105,7 +121,8 @@ class Chat(anywidget.AnyWidget):
         status: connecting, connected, reconnecting, offline or closed.
         status_detail: e.g. "attempt 2, next in 0.7 s".
         error: what is wrong, in plain words, or "".
-        models: the models the gateway offers; model: the one used next.
+        models: the models the gateway offers; model: the one used next (assigning a
+            function makes it the model, and ``model`` reads its name).
         active: the reply in flight as {reply, status, model}, or {}.
         chat_id: identifies this chat to its pane.
 
@@ -125,7 +142,7 @@ class Chat(anywidget.AnyWidget):
     error = traitlets.Unicode("").tag(sync=True)
     # Models the gateway offers, and the one used for the next message.
     models = traitlets.List(traitlets.Unicode()).tag(sync=True)
-    model = traitlets.Unicode("").tag(sync=True)
+    model = _ModelName("").tag(sync=True)  # a callable assigned becomes its name
     # The reply in flight: {"reply", "status", "model"}, or {} when none. Its text
     # travels as custom "chunk"/"snapshot" messages (see nbchat.pane), never as a trait.
     active = traitlets.Dict().tag(sync=True)
@@ -133,7 +150,7 @@ class Chat(anywidget.AnyWidget):
     def __init__(
         self,
         url: str | None = None,
-        model: str | None = None,
+        model: str | ModelFunction | None = None,
         system: str | None = None,
         token: str | None = None,
         *,
@@ -143,12 +160,19 @@ class Chat(anywidget.AnyWidget):
         conversation: str | None = None,
         **params: Any,
     ) -> None:
+        if callable(model):
+            # Named first (the recorder stores the name); served in this kernel only.
+            if url is not None:
+                raise ValueError(REMOTE_GATEWAY_MESSAGE)
+            shared_gateway()  # its configured models keep their names
+            model = MODELS.add(model, reserved=configured_models())
         recorder = None
         if conversation is not None:
             # First, so a store that cannot be used is an error before anything starts.
             recorder = ConversationRecorder.open(conversation, system=system, model=model)
             system, model = recorder.stored.system, model or recorder.stored.model
         super().__init__()
+        self._embedded = url is None  # only then can a Python function be the model
         if url is None:
             gateway = shared_gateway()
             url, token = gateway.url, gateway.token
@@ -193,6 +217,16 @@ class Chat(anywidget.AnyWidget):
         # A default, so it is in the state the comm opens with.
         return uuid.uuid4().hex
 
+    def _local_model(self, fn: ModelFunction) -> str:
+        """Serve ``fn`` as a model in this kernel (``chat.model = fn``); its name, which
+        the picker lists from now on."""
+        if not getattr(self, "_embedded", True):
+            raise ValueError(REMOTE_GATEWAY_MESSAGE)
+        name = MODELS.add(fn, reserved=configured_models())
+        if name not in self.models:  # the welcome listed the models of its time
+            self.models = [*self.models, name]
+        return name
+
     @traitlets.observe("model")
     def _model_changed(self, change: dict[str, Any]) -> None:
         conversation = getattr(self, "_conversation", None)
@@ -205,7 +239,7 @@ class Chat(anywidget.AnyWidget):
         try:
             command = parse_command(content)
             if command.type == "send":
-                self.send(command.text)
+                self.send(command.text)  # its @names resolve in the user's namespace
             elif command.type == "stop":
                 self.stop()
             elif command.type == "pause":
@@ -227,13 +261,24 @@ class Chat(anywidget.AnyWidget):
 
     # --- the API ------------------------------------------------------------------
 
-    def send(self, text: str, **params: Any) -> Reply:
+    def send(self, text: str, context: object = None, **params: Any) -> Reply:
         """Send a user message; returns its :class:`Reply` at once, without blocking.
 
+        ``context``: objects to attach (a list, a ``{name: object}`` dict, or one
+        object), and each ``@name`` in ``text`` that names a variable of the IPython
+        namespace is attached too (once; unknown names and emails stay text). The model
+        receives each as text after the message (:mod:`nbchat.context`: a DataFrame's
+        shape, dtypes, nulls and first rows; a figure described, not its image; else
+        the repr, cut at 4,000 characters, 16,000 per message); the transcript keeps
+        your text and the attachments in ``context``.
         ``params`` override the chat's request params for this message only.
         Raises ``ValueError`` for empty text and ``RuntimeError`` after :meth:`close`.
         """
-        return self._conversation.send(text, **params)
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError("cannot send an empty message; pass some text")
+        namespace, hidden = _user_namespace()
+        attachments = gather(text, context, namespace, hidden)
+        return self._conversation.send(text, context=attachments or None, **params)
 
     @property
     def messages(self) -> list[dict[str, Any]]:
@@ -406,6 +451,19 @@ class Chat(anywidget.AnyWidget):
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _user_namespace() -> tuple[dict[str, Any] | None, frozenset[str]]:
+    """The IPython user namespace that ``@name`` resolves against, and the names it
+    hides (``In``, ``Out``, ...); ``(None, ...)`` outside IPython: nothing resolves."""
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover - IPython comes with anywidget
+        return None, frozenset()
+    shell = get_ipython()
+    if shell is None:
+        return None, frozenset()
+    return shell.user_ns, frozenset(getattr(shell, "user_ns_hidden", ()))
 
 
 def _keep_pane_messages_on_their_subshell(comm: object) -> None:

@@ -14,10 +14,11 @@ import threading
 from concurrent.futures import Future
 from typing import Final
 
+from ..local_models import MODELS
 from .config import load_offer
 from .server import Gateway
 
-__all__ = ["EmbeddedGateway", "shared_gateway"]
+__all__ = ["EmbeddedGateway", "configured_models", "shared_gateway"]
 
 START_TIMEOUT_S: Final = 10.0
 
@@ -26,7 +27,8 @@ class EmbeddedGateway:
     """Runs a :class:`Gateway` on a daemon thread. :meth:`start` returns once it listens."""
 
     def __init__(self, gateway: Gateway | None = None) -> None:
-        self.gateway = gateway or Gateway(token=secrets.token_urlsafe(24))
+        # A default gateway also serves the process's Python callables (Chat(model=fn)).
+        self.gateway = gateway or Gateway(token=secrets.token_urlsafe(24), local_models=MODELS)
         self._configure = gateway is None  # a default gateway loads its models
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name="nbchat-gateway", daemon=True)
@@ -86,3 +88,11 @@ def shared_gateway() -> EmbeddedGateway:
             _shared = EmbeddedGateway().start()
             atexit.register(_shared.close)
         return _shared
+
+
+def configured_models() -> list[str]:
+    """The names the process's embedded gateway serves from its configuration (not
+    callables), if it is running; a callable cannot be registered under one."""
+    with _shared_lock:
+        gateway = _shared.gateway if _shared is not None else None
+    return list(gateway.models) if gateway is not None else []

@@ -27,6 +27,7 @@ from websockets.http11 import Request as HttpRequest
 from websockets.http11 import Response as HttpResponse
 
 from .. import __version__
+from ..local_models import LocalModels
 from ..protocol import (
     CLOSE_TAKEN_OVER,
     ClientFrame,
@@ -57,6 +58,7 @@ from .providers import (
     Request,
     TextChunk,
 )
+from .providers.callable import CallableProvider
 
 __all__ = [
     "CHAT_PATH",
@@ -182,6 +184,7 @@ class Gateway:
         default_model: str | None = None,
         notice: str | None = None,
         discovery_error: ProviderError | None = None,
+        local_models: LocalModels | None = None,
     ) -> None:
         if models is None:
             demo = DemoProvider()
@@ -193,6 +196,10 @@ class Gateway:
         self.notice = notice
         # Why the models of a server are missing: the answer to a request for one.
         self.discovery_error = discovery_error
+        # Python callables of this process (the embedded gateway's), served besides
+        # ``models`` and listed as they are when each client says hello.
+        self.local_models = local_models
+        self._callables = CallableProvider(local_models) if local_models is not None else None
         # Each token is a separate identity: a session is bound to the one that opened it.
         self.tokens: tuple[str, ...] = (token,) if isinstance(token, str) else tuple(token or ())
         self.token = self.tokens[0] if self.tokens else None
@@ -212,6 +219,21 @@ class Gateway:
         if self.default_model in self.models:
             return self.default_model
         return next(iter(self.models), None)
+
+    def offered(self) -> list[str]:
+        """The model names a client can use now: the configured ones, then the
+        registered callables (a configured name wins over a callable's)."""
+        names = list(self.models)
+        if self._callables is not None:
+            names += [name for name in self._callables.models() if name not in self.models]
+        return names
+
+    def route(self, model: str) -> ModelRoute | None:
+        """Where ``model`` is served, if anywhere."""
+        route = self.models.get(model)
+        if route is None and self._callables is not None and self._callables.serves(model):
+            route = ModelRoute(self._callables, model)
+        return route
 
     @property
     def port(self) -> int:
@@ -342,7 +364,7 @@ class Gateway:
             # of this reply are already on their way, so the repeat changes nothing.
             return
         live.emit(live.state.start(frame.reply, frame.model))
-        route = self.models.get(frame.model)
+        route = self.route(frame.model)
         params = {**route.params, **frame.params} if route is not None else frame.params
         error = self._refusal(live, frame, route, params)
         if error is not None or route is None:
@@ -372,7 +394,7 @@ class Gateway:
                 message=f"model {frame.model!r} is not available: {self.discovery_error.message}",
             )
         if route is None:
-            known = ", ".join(sorted(self.models)) or "none"
+            known = ", ".join(sorted(self.offered())) or "none"
             return Error(
                 code="unknown_model", message=f"unknown model {frame.model!r}; available: {known}"
             )
@@ -650,7 +672,7 @@ class GatewayConnection:
             Welcome(
                 session=live.state.session_id,
                 last_seq=live.state.last_seq,
-                models=tuple(self.gateway.models),
+                models=tuple(self.gateway.offered()),
                 resumed=resumed,
                 server=f"nbchat/{__version__}",
                 max_frame_bytes=self.gateway.limits.max_frame_bytes,

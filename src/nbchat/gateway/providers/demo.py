@@ -13,7 +13,8 @@ so every renderer can be seen offline:
   twice; longer for longer messages, and a long message also gets a part-by-part list,
   so a long prompt gives a long reply) and a fenced code block.
 
-Every reply opens by quoting the user's last message and ends with a sentence that says
+Every reply opens by quoting the user's last message (and naming what is attached to it,
+``Attached: df (DataFrame, <its shape>).``) and ends with a sentence that says
 which turn this is and how the conversation began, so multi-turn history is visible.
 
 Params: ``tokens_per_s`` (default 30; 0 = as fast as possible) and ``max_tokens``
@@ -28,6 +29,7 @@ import re
 from collections.abc import AsyncIterator, Callable
 from typing import Final
 
+from ...context import split_message
 from ...protocol import FinishReason
 from .base import Finish, ProviderError, Request, TextChunk
 
@@ -102,14 +104,18 @@ def demo_reply(request: Request) -> str:
     users = [m.content for m in request.messages if m.role == "user"]
     if not users:
         raise ProviderError("bad_request", "the demo model needs at least one user message")
-    last = users[-1].strip()
+    # Attachments (nbchat.context) follow the user's own text: quote and shape by the text.
+    last, attached = split_message(users[-1].strip())
+    last = last.strip()
     digest = hashlib.sha256("\x00".join(m.content for m in request.messages).encode()).digest()
     quote = last if len(last) <= 120 else last[:117] + "..."
     opening = f"**Demo reply.** You wrote: \u201c{quote}\u201d."
+    if attached:
+        opening += " Attached: " + "; ".join(f"{n} ({about})" for n, about in attached) + "."
     if len(users) == 1:
         earlier = "This is the first turn of our conversation."
     else:
-        first = users[0].strip()
+        first = split_message(users[0].strip())[0].strip()
         first = first if len(first) <= 60 else first[:57] + "..."
         earlier = (
             f"This is turn {len(users)} of our conversation; it began with \u201c{first}\u201d."

@@ -1,0 +1,259 @@
+"""Kernel objects as context: what the model receives for a DataFrame, a Series, a
+figure and any other object; @name mentions; the budgets; and the attachments kept in
+the transcript, sent with later turns, saved and loaded."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from nbchat import Chat, widget
+from nbchat.context import (
+    CELL_CHARS,
+    MAX_ATTACHMENT_CHARS,
+    MAX_CONTEXT_CHARS,
+    SAMPLE_COLUMNS,
+    SAMPLE_ROWS,
+    attach,
+    describe,
+    gather,
+    mentions,
+    render_message,
+    split_message,
+)
+from nbchat.transcript import COLUMNS, transcript_from_json, transcript_to_markdown
+
+from timeouts import TIMEOUT
+
+
+@pytest.fixture
+def df() -> pd.DataFrame:
+    return pd.DataFrame({"region": ["north", None, "south"], "sales": [10, 20, 30]})
+
+
+# --- one object -------------------------------------------------------------------------
+
+
+def test_a_dataframe_becomes_its_shape_schema_nulls_and_rows(df: pd.DataFrame) -> None:
+    item = describe(df, "df")
+    assert item["name"] == "df"
+    assert item["kind"] == "DataFrame"
+    assert item["summary"] == "3 rows × 2 columns"
+    text = item["text"]
+    assert text.startswith("DataFrame: 3 rows × 2 columns\n")
+    assert "- region: object, 1 null" in text or "- region: str, 1 null" in text
+    assert "- sales: int64, 0 nulls" in text
+    assert "All rows:" in text
+    assert "|  | region | sales |" in text
+    assert "| 1 | nan | 20 |" in text  # pandas 3 stores text nulls as NaN
+
+
+def test_a_big_dataframe_is_sampled_within_the_budget() -> None:
+    wide = pd.DataFrame(
+        np.arange(1000 * 60).reshape(1000, 60), columns=[f"c{i}" for i in range(60)]
+    )
+    wide["long"] = "x" * 500 + "|pipe"
+    text = describe(wide, "wide")["text"]
+    assert len(text) <= MAX_ATTACHMENT_CHARS
+    assert "DataFrame: 1,000 rows × 61 columns" in text
+    assert "- ... and 11 more columns" in text  # the schema lists 50
+    table = [line for line in text.splitlines() if line.startswith("| ")]
+    assert len(table[0].split(" | ")) == SAMPLE_COLUMNS + 1  # index + 20 columns
+    assert 1 < len(table) - 1 <= SAMPLE_ROWS  # rows halved until the text fits
+    assert "of 1,000 rows, first 20 of 61 columns" in text
+    long = describe(wide[["long"]], "w")["text"]
+    assert "| 0 | " + "x" * (CELL_CHARS - 1) + "… |" in long  # cells are cut
+
+
+def test_cells_cannot_break_the_table() -> None:
+    text = describe(pd.DataFrame({"a|b": ["x|y\nz"]}), "t")["text"]
+    assert "| a\\|b |" in text
+    assert "| 0 | x\\|y z |" in text
+
+
+def test_a_series_becomes_its_length_dtype_nulls_and_values() -> None:
+    item = describe(pd.Series([1.5, None, 3.0], name="price"), "price")
+    assert item["kind"] == "Series"
+    assert item["summary"] == "3 values"
+    assert "Series price: 3 values, dtype float64, 1 null" in item["text"]
+    assert "| 0 | 1.5 |" in item["text"]
+
+
+class _FakeAxes:
+    def __init__(self, title: str, x: str, y: str) -> None:
+        self.labels = (title, x, y)
+
+    def get_title(self) -> str:
+        return self.labels[0]
+
+    def get_xlabel(self) -> str:
+        return self.labels[1]
+
+    def get_ylabel(self) -> str:
+        return self.labels[2]
+
+
+class Figure:
+    """Stands in for matplotlib's (not installed here): recognised by module and name."""
+
+    __module__ = "matplotlib.figure"
+
+    def __init__(self) -> None:
+        self.axes = [_FakeAxes("Sales by region", "region", "sales")]
+        self.figure = self
+
+    def savefig(self) -> None: ...
+
+
+def test_a_figure_is_described_and_says_images_are_not_sent() -> None:
+    item = describe(Figure(), "fig")
+    assert item["kind"] == "matplotlib Figure"
+    assert item["summary"] == "1 axes"
+    assert "title 'Sales by region', x 'region', y 'sales'" in item["text"]
+    assert "Images are not sent yet" in item["text"]
+
+
+def test_other_objects_are_their_repr_cut_at_the_budget() -> None:
+    assert describe({"a": 1}, "d") == {
+        "name": "d",
+        "kind": "dict",
+        "summary": "",
+        "text": "{'a': 1}",
+    }
+    assert describe("plain text", "s")["text"] == "plain text"  # a str as itself
+    long = describe(list(range(10_000)), "big")["text"]
+    assert len(long) <= MAX_ATTACHMENT_CHARS
+    assert long.endswith(
+        f"[cut: {MAX_ATTACHMENT_CHARS:,} of {len(repr(list(range(10_000)))):,} characters]"
+    )
+
+
+def test_a_broken_repr_or_bad_text_never_raises() -> None:
+    class Broken:
+        def __repr__(self) -> str:
+            raise RuntimeError("nope")
+
+    assert describe(Broken(), "b")["text"] == (
+        "(could not describe this object: RuntimeError: nope)"
+    )
+    assert describe("\ud800", "s")["text"] == "\ufffd"  # sendable as UTF-8
+    assert describe(1, "a`b\nc")["name"] == "a'b c"  # cannot break the header
+
+
+def test_the_message_budget_cuts_then_leaves_out() -> None:
+    items = attach([(f"x{i}", "y" * 5_000) for i in range(6)])
+    sizes = [len(i["text"]) for i in items]
+    assert sum(sizes) <= MAX_CONTEXT_CHARS + 200
+    assert sizes[:4] == [MAX_ATTACHMENT_CHARS] * 4
+    assert "left out" in items[-1]["text"]
+
+
+# --- @name ------------------------------------------------------------------------------
+
+
+def test_mentions_are_identifiers_after_an_at_sign_not_emails_nor_code() -> None:
+    text = "why does @sales have nulls? ask a@b.com or x.y@z.org; @sales again, @df."
+    assert mentions(text) == ["sales", "df"]
+    assert mentions("`@decorator` and\n```\n@dataclass\n```\n@ok") == ["ok"]
+    assert mentions("@élan @_private @1x") == ["élan", "_private"]
+
+
+def test_gather_resolves_known_names_once_and_names_explicit_objects(df: pd.DataFrame) -> None:
+    namespace: dict[str, Any] = {"df": df, "n": 3, "In": [], "other": df}
+    got = gather("@df and @missing and @n and @In, @df", None, namespace, hidden={"In"})
+    assert [(a["name"], a["kind"]) for a in got] == [("df", "DataFrame"), ("n", "int")]
+    got = gather("summarise @df", [df, [1, 2]], namespace)
+    assert [a["name"] for a in got] == ["df", "context[1]"]  # df once, named by its variable
+    assert [a["name"] for a in gather("x", {"mine": 1})] == ["mine"]
+    assert [a["name"] for a in gather("x", df)] == ["context[0]"]  # one object, no namespace
+    assert gather("@df", None, None) == []  # outside IPython nothing resolves
+
+
+def test_rendering_puts_each_attachment_in_a_fence_and_splits_back(df: pd.DataFrame) -> None:
+    item = describe(pd.DataFrame({"a": ["```"]}), "ticks")
+    content = render_message("what is this?", [item])
+    assert content.startswith(
+        "what is this?\n\nContext `ticks` (DataFrame, 1 row × 1 column):\n````\n"
+    )
+    assert content.endswith("\n````")
+    assert split_message(content) == ("what is this?", [("ticks", "DataFrame, 1 row × 1 column")])
+    assert split_message("no context") == ("no context", [])
+
+
+# --- through a Chat -----------------------------------------------------------------------
+
+
+def test_context_reaches_the_model_and_the_transcript_keeps_the_text(
+    chat: Chat, df: pd.DataFrame, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(widget, "_user_namespace", lambda: ({"df": df}, frozenset()))
+    reply = chat.send("what is in @df?", tokens_per_s=0).wait(TIMEOUT)
+    assert reply.text.startswith(
+        "**Demo reply.** You wrote: \u201cwhat is in @df?\u201d. "
+        "Attached: df (DataFrame, 3 rows × 2 columns)."
+    )
+    user = chat.messages[0]
+    assert user["content"] == "what is in @df?"
+    assert [(a["name"], a["kind"]) for a in user["context"]] == [("df", "DataFrame")]
+    assert chat.messages[1]["context"] is None
+
+    # A later turn carries the earlier context: the model saw it.
+    chat.send("and now?", context=[[1, 2, 3]], tokens_per_s=0).wait(TIMEOUT)
+    with chat._conversation.lock:
+        history = chat._conversation.transcript.history()
+    assert history[0].content.startswith("what is in @df?\n\nContext `df` (DataFrame")
+    assert "| 1 | nan | 20 |" in history[0].content
+    assert history[2].content == "and now?\n\nContext `context[0]` (list):\n```\n[1, 2, 3]\n```"
+
+    frame = chat.to_dataframe()
+    assert list(frame.columns) == list(COLUMNS)
+    assert frame["context"][0][0]["name"] == "df"
+    assert "Attached: `df` (DataFrame, 3 rows × 2 columns)" in chat.to_markdown()
+
+    path = chat.save(tmp_path / "chat.json")
+    saved = json.loads(path.read_text())
+    assert saved["messages"][0]["context"][0]["text"].startswith("DataFrame: 3 rows")
+    with Chat.load(path) as again:
+        assert again.messages[0]["context"] == user["context"]
+    with Chat.from_dataframe(frame) as again:
+        assert again.messages[2]["context"][0]["text"] == "[1, 2, 3]"
+    frame.to_csv(tmp_path / "chat.csv", index=False)
+    with Chat.from_dataframe(pd.read_csv(tmp_path / "chat.csv")) as again:
+        assert again.messages[0]["context"] == user["context"]
+
+
+def test_unknown_names_and_emails_stay_text(chat: Chat, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(widget, "_user_namespace", lambda: ({"com": 1}, frozenset()))
+    reply = chat.send("mail @nobody at a@b.com", tokens_per_s=0).wait(TIMEOUT)
+    assert "Attached" not in reply.text
+    assert chat.messages[0]["context"] is None
+
+
+def test_a_pane_send_resolves_mentions(
+    chat: Chat, df: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(widget, "_user_namespace", lambda: ({"df": df}, frozenset()))
+    chat._on_pane_message(chat, {"type": "send", "text": "look at @df"}, None)
+    reply = chat.reply
+    assert reply is not None
+    assert "Attached: df (DataFrame" in reply.wait(TIMEOUT).text
+
+
+def test_a_saved_context_is_checked_when_loaded() -> None:
+    base = {"format": "nbchat.transcript", "version": 1, "system": None}
+    good = {"name": "df", "kind": "DataFrame", "text": "t"}
+    loaded = transcript_from_json(
+        {**base, "messages": [{"role": "user", "content": "x", "context": [good]}]}
+    )
+    assert loaded.messages[0].context == [{**good, "summary": ""}]
+    assert "Attached: `df` (DataFrame)" in transcript_to_markdown(loaded)
+    for bad in ([{"name": "df"}], ["text"], [{**good, "text": 3}], "df"):
+        with pytest.raises(ValueError, match="context"):
+            transcript_from_json(
+                {**base, "messages": [{"role": "user", "content": "x", "context": bad}]}
+            )
