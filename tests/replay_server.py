@@ -139,8 +139,8 @@ class Replay:
             self._stream(handler, [_openai_chunk(f" word{i}") for i in range(3)])
         elif model == "long":
             self._stream(handler, [_openai_chunk(f" word{i}") for i in range(2000)])
-        elif model in RECORDINGS:
-            text = (FIXTURES / RECORDINGS[model]).read_text()
+        elif model.removesuffix(":latest") in RECORDINGS:  # Ollama answers to both
+            text = (FIXTURES / RECORDINGS[model.removesuffix(":latest")]).read_text()
             self._stream(handler, [e + "\n\n" for e in text.split("\n\n") if e.strip()])
         else:
             payload = _error_body(f"The model `{model}` does not exist", "not_found_error")

@@ -36,6 +36,10 @@ OPENAI_LIST = [
     "gpt-4o-mini-tts",
     "gpt-4o-realtime-preview",
     "gpt-image-1",
+    "codex-mini-latest",
+    "gpt-4o-search-preview",
+    "o1-pro",
+    "o3-deep-research",
     "o3-mini",
     "omni-moderation-latest",
     "text-embedding-3-large",
@@ -178,6 +182,22 @@ def test_chat_starts_on_the_gateways_default_and_offers_chat_models_only(
         with Chat(url=gateway.url, token=gateway.token, model="demo") as chat:
             wait_until(lambda: chat.models, "the models")
             assert chat.model == "demo"  # Chat(model=...) still wins
+    finally:
+        gateway.close()
+
+
+def test_an_ollama_model_answers_to_its_name_without_latest(
+    monkeypatch: pytest.MonkeyPatch, replay: Replay
+) -> None:
+    replay.listed = ["llama3.2:latest"]
+    gateway = embedded_gateway(
+        monkeypatch, OPENAI_API_KEY="ollama", OPENAI_BASE_URL=replay.base_url
+    )
+    try:
+        with Chat(url=gateway.url, token=gateway.token, model="llama3.2") as chat:
+            reply = chat.send("hi").wait(TIMEOUT)
+            assert (reply.finish, reply.error) == ("stop", None)  # not "unknown model"
+            assert reply.text
     finally:
         gateway.close()
 

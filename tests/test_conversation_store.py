@@ -178,7 +178,7 @@ def test_conversations_lists_newest_first_and_unnamed_chats_are_not_kept(
 
 
 def test_bad_names_and_unknown_names_are_clear_errors(args: dict[str, Any]) -> None:
-    for bad in ("", "   ", "x" * 300, "\udce9"):
+    for bad in ("", "   ", "x" * 300, "\udce9", " eda", "eda "):
         with pytest.raises(ValueError, match="conversation name"):
             Chat(conversation=bad, **args)
     with pytest.raises(KeyError, match="no conversation named 'nope'"):
@@ -504,3 +504,36 @@ def test_the_store_module_does_not_import_the_widget() -> None:
         for line in source.splitlines()
         if line.startswith(("from .", "import ."))
     }
+
+
+def test_loading_into_a_name_that_has_a_history_is_refused_and_mixes_nothing(
+    args: dict[str, Any], tmp_path: Path
+) -> None:
+    with Chat(conversation="kept", **args) as chat:
+        chat.send("first").wait(TIMEOUT)
+        chat.send("second").wait(TIMEOUT)
+        frame = chat.to_dataframe()
+        path = chat.save(tmp_path / "kept.json")
+    before = stored("kept")
+    with pytest.raises(ValueError, match="exists already, with 2 turns"):
+        Chat.load(path, conversation="kept", **args)
+    with pytest.raises(ValueError, match="delete_conversation"):
+        Chat.from_dataframe(frame.iloc[:2], conversation="kept", **args)
+    assert stored("kept") == before  # not a message added: before, each load doubled it
+    with Chat.load(path, conversation="copy", **args) as copy:  # a new name is fine
+        assert len(copy.messages) == 4
+    wait_until(lambda: len(stored("copy")) == 4, "the loaded copy on disk")
+
+
+def test_a_chat_that_fails_to_start_lets_its_store_go(
+    args: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_gateway() -> None:
+        raise OSError("no port free")
+
+    monkeypatch.setattr("nbchat.widget.shared_gateway", no_gateway)
+    before = {t.name for t in threading.enumerate()}
+    with pytest.raises(OSError, match="no port free"):
+        Chat(conversation="doomed", tokens_per_s=0)  # no url: the embedded gateway
+    left = {t.name for t in threading.enumerate()} - before
+    assert not [name for name in left if name.startswith("nbchat-store")]

@@ -46,13 +46,18 @@ def test_every_message_is_in_each_form_and_marked_as_a_saved_copy() -> None:
     text = "".join(page.text)
     for words in ("first question", "bold", "second one", "Be brief.", "Saved copy", "read-only"):
         assert words in text
-        assert words in bundle["text/markdown"]
+        assert words in bundle["text/plain"]
     assert ("strong", {}) in page.tags  # the reply's Markdown is rendered
     assert any(tag == "table" for tag, _ in page.tags)
     marked = [attrs for _, attrs in page.tags if SAVED_ATTRIBUTE in attrs]
     assert marked == [{"class": "nbchat-saved", SAVED_ATTRIBUTE: "c0ffee"}]
     assert "2 turns" in text
     assert "2023-11-14 22:15 UTC" in text  # when the copy was made
+
+
+def test_there_is_no_markdown_form_that_a_renderer_could_pass_raw_html_through() -> None:
+    t = conversation(("hi", "<script>alert(1)</script>"))
+    assert sorted(SavedCopy("c0ffee").bundle(t)) == ["text/html", "text/plain"]
 
 
 def test_model_output_and_user_text_cannot_inject_markup() -> None:
@@ -77,7 +82,7 @@ def test_a_long_conversation_keeps_the_newest_messages_and_says_what_is_left_out
     assert "question 40" in bundle["text/html"]
     assert "question 39" not in bundle["text/html"]
     assert "80 earlier messages not in this copy" in bundle["text/html"]
-    assert "80 earlier messages" in bundle["text/markdown"]
+    assert "80 earlier messages" in bundle["text/plain"]
 
 
 def test_a_finished_message_is_rendered_once_and_a_streaming_one_each_time() -> None:

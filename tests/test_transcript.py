@@ -168,3 +168,15 @@ def test_records_from_a_csv_round_trip_load(tmp_path: Path) -> None:
     rebuilt = transcript_from_records(records)
     assert rebuilt.messages[1].chunks == 10  # a float column back to a whole number
     assert rebuilt.messages[1].usage == {"prompt_tokens": 4, "completion_tokens": 20}
+
+
+def test_a_reply_stopped_inside_code_does_not_swallow_the_rest_of_the_markdown() -> None:
+    t = Transcript()
+    t.add_user("code please", at=1_700_000_000.0)
+    cut = t.add_assistant(reply_id="r1", model="demo", at=1_700_000_000.0)
+    cut.content, cut.finish = "Here:\n\n```python\nfor i in range(", "stopped"
+    t.add_user("next question", at=1_700_000_001.0)
+    markdown = transcript_to_markdown(t)
+    before, after = markdown.split("**You**\n\nnext question")
+    assert before.count("```") == 2  # the open fence is closed before the next message
+    assert "```" not in after

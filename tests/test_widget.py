@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from typing import Any
+
+import nbclient
+import nbformat
 
 from nbchat import Chat
 
@@ -72,3 +77,42 @@ def test_the_repr_says_what_the_chat_is_not_where_it_lives(chat: Chat) -> None:
     text = repr(chat)
     assert text.startswith("Chat(model='demo', turns=1, status=")
     assert "object at 0x" not in text
+
+
+def test_in_terminal_ipython_showing_a_chat_prints_no_saved_copy() -> None:
+    # The saved copy is for notebooks; a terminal would print it again at every turn.
+    script = (
+        "from nbchat import Chat\n"
+        "chat = Chat(tokens_per_s=0)\n"
+        "display(chat)\n"
+        "chat.send('one').wait(30); chat.send('two').wait(30)\n"
+        "import time; time.sleep(1.5)\n"
+        "chat.close()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "IPython", "--quick", "--no-banner", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=6 * TIMEOUT,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "nbchat chat pane" not in done.stdout  # the live-pane text is for notebooks
+    assert "Chat(model=" in done.stdout
+    assert "Saved copy" not in done.stdout
+
+
+def test_a_notebook_run_by_nbclient_keeps_one_copy_and_notes_elsewhere() -> None:
+    # nbclient sends no cell ids: each execute request counts as its own cell.
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [
+        nbformat.v4.new_code_cell("from nbchat import Chat\nchat = Chat(tokens_per_s=0)\nchat"),
+        nbformat.v4.new_code_cell("chat.send('hello there').wait(30)\ndisplay(chat)"),
+    ]
+    nbclient.NotebookClient(notebook, timeout=int(6 * TIMEOUT), kernel_name="python3").execute()
+    html = [
+        [o["data"].get("text/html", "") for o in cell.outputs if "data" in o]
+        for cell in notebook.cells
+    ]
+    assert sum("Saved copy" in h for cell in html for h in cell) == 1
+    assert any("Saved copy" in h for h in html[0])
+    assert any("another view of the chat" in h for h in html[1])

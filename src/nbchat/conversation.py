@@ -402,6 +402,7 @@ class Conversation:
         elif isinstance(frame, Done):
             view = self._connection.session.replies[reply.id]
             message.usage = frame.usage
+            message.generation_s = _generation_s(frame.timing)
             self._end(in_flight, frame.finish, error=view.error, code=view.error_code)
 
     def _set_paused(self, in_flight: _InFlight, paused: bool) -> None:
@@ -469,6 +470,13 @@ class Conversation:
         in_flight.ended.set()
         self.listener.on_reply_status(reply)
         self.listener.on_transcript()
+
+
+def _generation_s(timing: dict[str, Any]) -> float | None:
+    """The gateway's generation span (first token to end), if its timing says it."""
+    first, end = timing.get("first_token_s"), timing.get("duration_s")
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (first, end))
+    return float(end) - float(first) if numbers else None  # type: ignore[arg-type]
 
 
 def _check_sendable(what: str, text: str) -> None:

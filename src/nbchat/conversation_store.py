@@ -126,6 +126,9 @@ def check_name(name: object) -> str:
     """``name`` if it can name a conversation, else ``ValueError`` saying why."""
     if not isinstance(name, str) or not name.strip():
         raise ValueError("a conversation name must be non-empty text, e.g. 'eda-churn'")
+    if name != name.strip():
+        # " eda" and "eda" would look alike in conversations() and be two conversations.
+        raise ValueError(f"a conversation name may not start or end with a space: {name!r}")
     if len(name) > MAX_NAME_CHARS:
         raise ValueError(f"a conversation name may have at most {MAX_NAME_CHARS} characters")
     try:

@@ -3,7 +3,7 @@
 The live pane is a widget, and a saved notebook holds only a reference to it: reopened
 without the kernel, converted by nbconvert or shown on a site that knows nothing of
 widgets, it shows an error or a repr. So beside the pane, the chat keeps a second output
-whose mime bundle is the conversation itself (HTML, Markdown and plain text), updated at
+whose mime bundle is the conversation itself (HTML, and Markdown as plain text), updated at
 turn boundaries; while the pane is live it hides that output (see js/src/saved.ts).
 
 Pure: no I/O. Markdown is rendered by ``markdown-it-py`` with raw HTML off, so model
@@ -82,7 +82,7 @@ class SavedCopy:
     _html: dict[int, tuple[Message, str]] = field(default_factory=dict, repr=False)
 
     def bundle(self, transcript: Transcript, *, now: float | None = None) -> dict[str, str]:
-        """The copy as a mime bundle: ``text/html``, ``text/markdown``, ``text/plain``."""
+        """The copy as a mime bundle: ``text/html``, and ``text/plain`` (Markdown)."""
         shown, left_out = _newest_that_fit(transcript.messages, self.max_chars)
         stamp = time.strftime(
             "%Y-%m-%d %H:%M UTC", time.gmtime(time.time() if now is None else now)
@@ -113,7 +113,10 @@ class SavedCopy:
             parts.append(self._block("system", "System", html.escape(transcript.system), ""))
         parts += [self._message_html(m) for m in shown]
         parts.append("</div>")
-        return {"text/html": "".join(parts), "text/markdown": markdown, "text/plain": markdown}
+        # No text/markdown: a renderer that passes raw HTML through (site generators,
+        # some viewers) would run what a model wrote; the HTML above is escaped, and
+        # plain text is never rendered.
+        return {"text/html": "".join(parts), "text/plain": markdown}
 
     def _message_html(self, message: Message) -> str:
         cached = self._html.get(id(message))

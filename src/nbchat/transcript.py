@@ -74,6 +74,8 @@ class Message:
     first_token_s: float | None = None
     duration_s: float | None = None
     paused_s: float | None = None
+    # From the gateway's first token to its end of generation, when it said so.
+    generation_s: float | None = None
     chunks: int | None = None
     usage: dict[str, Any] | None = None
     error: str | None = None
@@ -91,12 +93,16 @@ class Message:
     @property
     def tokens_per_s(self) -> float | None:
         """Completion tokens per second after the first token; from usage when the
-        provider reported it, else from chunks received."""
+        provider reported it, else from chunks received. Over the gateway's generation
+        span when it said it (generation goes on while delivery is paused), else over
+        the client's, which a pause would distort, so then there is none."""
         if self.role != "assistant" or self.duration_s is None or self.first_token_s is None:
             return None
         tokens = (self.usage or {}).get("completion_tokens", self.chunks)
-        span = self.duration_s - self.first_token_s
-        if not tokens or span <= 0:
+        span = self.generation_s
+        if span is None:
+            span = None if self.paused_s else self.duration_s - self.first_token_s
+        if not tokens or span is None or span <= 0:
             return None
         return float(tokens) / span
 
@@ -241,6 +247,7 @@ _SAVED: Final[dict[str, tuple[type, ...]]] = {
     "first_token_s": (int, float),
     "duration_s": (int, float),
     "paused_s": (int, float),
+    "generation_s": (int, float),
     "chunks": (int,),
     "usage": (dict,),
     "error": (str,),
@@ -410,7 +417,8 @@ def transcript_to_markdown(transcript: Transcript) -> str:
         if m.role == "system":
             parts.append(f"**System:** {m.content}")
             continue
-        parts.append(f"**{m.model or 'assistant'}**\n\n{m.content or '*(no text)*'}")
+        content = _fences_closed(m.content) if m.content else "*(no text)*"
+        parts.append(f"**{m.model or 'assistant'}**\n\n{content}")
         parts.append("*" + footer_line(m) + "*")
     return "\n\n".join(parts) + "\n"
 
@@ -418,6 +426,25 @@ def transcript_to_markdown(transcript: Transcript) -> str:
 def _attached(item: dict[str, str]) -> str:
     about = ", ".join(p for p in (item.get("kind"), item.get("summary")) if p)
     return f"`{item.get('name')}` ({about})" if about else f"`{item.get('name')}`"
+
+
+def _fences_closed(text: str) -> str:
+    """``text`` with a code fence it leaves open (a reply stopped mid-code) closed, so
+    what follows it in a Markdown document is not swallowed into the code."""
+    open_fence = ""
+    for line in text.splitlines():
+        stripped = line.lstrip(" ")
+        if len(line) - len(stripped) > 3:
+            continue
+        run = len(stripped) - len(stripped.lstrip(stripped[:1])) if stripped else 0
+        fence = stripped[:run]
+        if run < 3 or fence[0] not in "`~":
+            continue
+        if not open_fence:
+            open_fence = fence
+        elif fence[0] == open_fence[0] and run >= len(open_fence) and not stripped[run:].strip():
+            open_fence = ""
+    return f"{text}\n{open_fence}" if open_fence else text
 
 
 def footer_line(m: Message) -> str:

@@ -171,20 +171,21 @@ class Chat(anywidget.AnyWidget):
             # First, so a store that cannot be used is an error before anything starts.
             recorder = ConversationRecorder.open(conversation, system=system, model=model)
             system, model = recorder.stored.system, model or recorder.stored.model
-        super().__init__()
-        self._embedded = url is None  # only then can a Python function be the model
-        if url is None:
-            gateway = shared_gateway()
-            url, token = gateway.url, gateway.token
-        self.url = url
-        if model:
-            self.model = model
-        self._saved = _SavedCopyDisplay(self)
-        self._bridge = _TraitBridge(self)
-        self._recorder = recorder
-        if recorder is not None:
-            recorder.inner = self._bridge
+        # Whatever fails from here on, the recorder's thread and file are let go.
         try:
+            super().__init__()
+            self._embedded = url is None  # only then can a Python function be the model
+            if url is None:
+                gateway = shared_gateway()
+                url, token = gateway.url, gateway.token
+            self.url = url
+            if model:
+                self.model = model
+            self._saved = _SavedCopyDisplay(self)
+            self._bridge = _TraitBridge(self)
+            self._recorder = recorder
+            if recorder is not None:
+                recorder.inner = self._bridge
             self._conversation = Conversation(
                 url,
                 token=token,
@@ -386,6 +387,13 @@ class Chat(anywidget.AnyWidget):
         transcript.system = kwargs["system"]
         chat = cls(**kwargs)
         try:
+            if chat._conversation.transcript.messages:  # a named one, resumed from disk
+                name, turns = chat.conversation, chat._conversation.transcript.turns
+                raise ValueError(
+                    f"a conversation named {name!r} exists already, with {turns} turns; "
+                    "loading into it would mix two histories. Pick a new name, or "
+                    f"delete it first with nbchat.delete_conversation({name!r})"
+                )
             chat._conversation.replace_transcript(transcript)
         except BaseException:
             chat.close()
@@ -434,8 +442,13 @@ class Chat(anywidget.AnyWidget):
         bundle = self._repr_mimebundle_()
         if bundle is not None:
             data, metadata = bundle
+            if _in_kernel():
+                # What a saved notebook shows for the pane where widgets do not run: a
+                # repr taken now would be stale at once.
+                data = {**data, "text/plain": "nbchat chat pane (live widget)"}
             display(data, metadata=metadata, raw=True)  # type: ignore[no-untyped-call]
-        self._saved.show()
+        if _in_kernel():  # a terminal would print every update of the copy anew
+            self._saved.show()
 
     def __repr__(self) -> str:
         conversation = getattr(self, "_conversation", None)
@@ -596,8 +609,8 @@ class _SavedCopyDisplay:
         so a saved notebook holds the conversation once."""
         from IPython.display import display
 
-        cell = _running_cell_id()
-        if self.shown and cell is not None and self._cell is not None and cell != self._cell:
+        cell = _running_cell()
+        if self.shown and cell != self._cell:
             display(view_note(self.chat.chat_id), raw=True)  # type: ignore[no-untyped-call]
             return
         self._parent = getattr(_display_publisher(), "parent_header", None)
@@ -642,9 +655,16 @@ class _SavedCopyDisplay:
             return self.copy.bundle(conversation.transcript)
 
 
-def _running_cell_id() -> str | None:
-    """The id of the notebook cell being run, where the front end sends it (JupyterLab
-    and Notebook 7 put it in the execute request's metadata)."""
+def _in_kernel() -> bool:
+    from IPython.core.interactiveshell import InteractiveShell
+
+    return InteractiveShell.initialized() and hasattr(InteractiveShell.instance(), "kernel")
+
+
+def _running_cell() -> str | None:
+    """Which cell is being run: its id where the front end sends it (JupyterLab and
+    Notebook 7 put it in the execute request's metadata), else the execute request's
+    own id (nbclient, papermill), so another run is another cell."""
     from IPython.core.interactiveshell import InteractiveShell
 
     kernel = getattr(InteractiveShell.instance(), "kernel", None)
@@ -652,8 +672,12 @@ def _running_cell_id() -> str | None:
         parent = kernel.get_parent() if kernel is not None else None
     except Exception:  # an older kernel without get_parent()
         return None
-    cell = ((parent or {}).get("metadata") or {}).get("cellId")
-    return cell if isinstance(cell, str) else None
+    parent = parent or {}
+    cell = (parent.get("metadata") or {}).get("cellId")
+    if isinstance(cell, str):
+        return cell
+    msg_id = (parent.get("header") or {}).get("msg_id")
+    return f"request:{msg_id}" if isinstance(msg_id, str) else None
 
 
 def _display_publisher() -> Any:

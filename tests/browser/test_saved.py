@@ -114,7 +114,7 @@ def test_a_saved_notebook_shows_the_conversation_without_its_kernel_and_it_resum
     kinds = [sorted(o.get("data", {})) for o in outputs]
     assert kinds == [
         ["application/vnd.jupyter.widget-view+json", "text/plain"],
-        ["text/html", "text/markdown", "text/plain"],
+        ["text/html", "text/plain"],
     ]
     second_view = saved["cells"][1]["outputs"]  # type: ignore[index]
     assert [sorted(o.get("data", {})) for o in second_view] == [

@@ -67,9 +67,12 @@ OPENAI_URL: Final = "https://api.openai.com/v1"  # the SDK's default, named in m
 # says nothing about what a model does, so this goes by name.
 _NOT_CHAT: Final = re.compile(
     r"(?:^|[-_/.:])(?:embed\w*|\w*-embedding|whisper|tts|transcribe|audio|dall-e|image"
-    r"|moderation|realtime|sora|babbage|davinci|rerank\w*|bge|minilm|computer-use)"
+    r"|moderation|realtime|sora|babbage|davinci|rerank\w*|bge|minilm|computer-use"
+    r"|codex\w*|search-preview|deep-research)"
     r"(?:$|[-_/.:\d])"
-    r"|^gpt-3\.5-turbo-instruct",
+    r"|^gpt-3\.5-turbo-instruct"
+    # OpenAI's -pro models answer on the Responses API only, not chat completions.
+    r"|^o\d+-pro(?:$|-)|^gpt-[\d.]+-pro(?:$|-)",
     re.IGNORECASE,
 )
 # Chat models a user is likely to want by default, best first: cheap and quick ones.

@@ -229,8 +229,11 @@ class Gateway:
         return names
 
     def route(self, model: str) -> ModelRoute | None:
-        """Where ``model`` is served, if anywhere."""
+        """Where ``model`` is served, if anywhere. ``llama3.2`` finds ``llama3.2:latest``
+        when only that is listed, as Ollama itself does."""
         route = self.models.get(model)
+        if route is None and ":" not in model:
+            route = self.models.get(f"{model}:latest")
         if route is None and self._callables is not None and self._callables.serves(model):
             route = ModelRoute(self._callables, model)
         return route
