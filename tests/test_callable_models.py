@@ -4,6 +4,7 @@ real loopback WebSockets through the embedded gateway of this process."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -479,3 +480,95 @@ def test_a_remote_gateway_cannot_call_a_kernel_function(embedded: EmbeddedGatewa
             chat.model = local_only
         assert chat.model == "demo"
         assert "local_only" not in chat.models
+
+
+# --- what user code does wrong must still end the reply ------------------------------
+
+
+def test_stop_ends_an_async_generator_that_ignores_the_cancel(
+    make_chat: Callable[..., Chat],
+) -> None:
+    async def stubborn(messages: list[dict[str, str]]) -> AsyncIterator[str]:
+        while True:
+            with contextlib.suppress(asyncio.CancelledError):  # ignores the stop
+                await asyncio.sleep(0.01)
+            yield "."
+
+    chat = make_chat(model=stubborn)
+    reply = chat.send("go")
+    wait_until(lambda: len(reply.text) > 3, "some text")
+    reply.stop()
+    assert reply.wait(TIMEOUT).finish == "stopped"
+    chat.model = "demo"
+    assert chat.send("again").wait(TIMEOUT).finish == "stop"
+
+
+def test_stop_does_not_wait_for_a_slow_cleanup(make_chat: Callable[..., Chat]) -> None:
+    cleaned = threading.Event()
+
+    async def slow_to_close(messages: list[dict[str, str]]) -> AsyncIterator[str]:
+        try:
+            while True:
+                yield "word "
+                await asyncio.sleep(0.01)
+        finally:
+            await asyncio.sleep(3 * TIMEOUT)  # e.g. closing a client on a dead link
+            cleaned.set()
+
+    chat = make_chat(model=slow_to_close)
+    reply = chat.send("go")
+    wait_until(lambda: len(reply.text) > 10, "some text")
+    reply.stop()
+    assert reply.wait(TIMEOUT).finish == "stopped"  # before: only after the cleanup
+    assert not cleaned.is_set()
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+@pytest.mark.parametrize("raised", [GeneratorExit, asyncio.CancelledError])
+def test_a_callable_raising_generator_exit_or_cancelled_error_ends_with_its_name(
+    make_chat: Callable[..., Chat], kind: str, raised: type[BaseException]
+) -> None:
+    def sync_raiser(messages: list[dict[str, str]]) -> Iterator[str]:
+        yield "a "
+        raise raised("from user code")
+
+    async def async_raiser(messages: list[dict[str, str]]) -> AsyncIterator[str]:
+        yield "a "
+        raise raised("from user code")
+
+    chat = make_chat(model=sync_raiser if kind == "sync" else async_raiser)
+    reply = chat.send("go").wait(TIMEOUT)  # before: GeneratorExit hung it for good
+    assert reply.finish == "error"
+    assert f"raised {raised.__name__}" in (reply.error or "")
+    assert "shut down" not in (reply.error or "")
+    chat.model = "demo"
+    assert chat.send("next").wait(TIMEOUT).finish == "stop"
+
+
+def test_millions_of_tiny_chunks_arrive_whole_in_batches(make_chat: Callable[..., Chat]) -> None:
+    def chatty(messages: list[dict[str, str]]) -> Iterator[str]:
+        for _ in range(300_000):
+            yield "y"
+
+    chat = make_chat(model=chatty)
+    reply = chat.send("go").wait(6 * TIMEOUT)
+    assert reply.text == "y" * 300_000
+    # One wake-up of the gateway's loop per batch, not per chunk: before, each of the
+    # 300,000 chunks was its own call into the loop that serves every chat.
+    assert len(reply.chunks) < 3_000
+
+
+def test_a_function_defined_again_keeps_its_name_and_lets_the_old_one_go() -> None:
+    source = "def my_rag(messages, **params):\n    return 'v{}'\n"
+    names = []
+    for version in range(3):
+        module: dict[str, Any] = {"__name__": "__main__"}  # a notebook cell, run again
+        exec(source.format(version), module)
+        names.append(MODELS.add(module["my_rag"]))
+    assert names == ["my_rag"] * 3
+    assert MODELS.get("my_rag")([]) == "v2"  # the newest definition is served
+
+
+def test_register_model_refuses_a_configured_name_before_any_chat() -> None:
+    with pytest.raises(ValueError, match="already serves a configured model named 'demo'"):
+        register_model("demo", sync_function)

@@ -128,9 +128,40 @@ def test_other_objects_are_their_repr_cut_at_the_budget() -> None:
     assert describe("plain text", "s")["text"] == "plain text"  # a str as itself
     long = describe(list(range(10_000)), "big")["text"]
     assert len(long) <= MAX_ATTACHMENT_CHARS
-    assert long.endswith(
-        f"[cut: {MAX_ATTACHMENT_CHARS:,} of {len(repr(list(range(10_000)))):,} characters]"
-    )
+    assert long.startswith("[0, 1, 2")
+    assert long.endswith(", ...]")  # shortened as it is made, not built whole and cut
+    huge = describe("x" * 100_000, "s")["text"]  # text is itself, cut to the budget
+    assert huge.endswith(f"[cut: {MAX_ATTACHMENT_CHARS:,} of 100,000 characters]")
+
+
+def test_a_huge_container_is_described_without_building_its_whole_repr() -> None:
+    class Counted:
+        made = 0
+
+        def __repr__(self) -> str:
+            Counted.made += 1
+            return "c"
+
+    text = describe([Counted() for _ in range(100_000)], "many")["text"]
+    assert Counted.made <= 200  # repr() of the list would have made all 100,000
+    assert len(text) <= MAX_ATTACHMENT_CHARS
+
+
+def test_objects_python_shares_are_not_named_after_an_unrelated_variable() -> None:
+    namespace = {"n": None, "k": 5, "word": "hi", "frame": [1, 2]}
+    got = gather("", [None, 5, "hi", namespace["frame"]], namespace)
+    assert [a["name"] for a in got] == ["context[0]", "context[1]", "context[2]", "frame"]
+    several = gather("", (x for x in ([1], [2])), {})  # a generator of objects: each one
+    assert [a["text"] for a in several] == ["[1]", "[2]"]
+    assert [a["text"] for a in gather("", {3, 4}, {})] == ["3", "4"]
+
+
+def test_a_repr_that_exits_does_not_end_the_kernel() -> None:
+    class Exits:
+        def __repr__(self) -> str:
+            raise SystemExit("bye")
+
+    assert "SystemExit: bye" in describe(Exits(), "e")["text"]
 
 
 def test_a_broken_repr_or_bad_text_never_raises() -> None:
@@ -161,6 +192,7 @@ def test_mentions_are_identifiers_after_an_at_sign_not_emails_nor_code() -> None
     assert mentions(text) == ["sales", "df"]
     assert mentions("`@decorator` and\n```\n@dataclass\n```\n@ok") == ["ok"]
     assert mentions("@élan @_private @1x") == ["élan", "_private"]
+    assert mentions("@_ @__ @_5 @_i3 @_oh and @df") == ["df"]  # IPython's history: not mentions
 
 
 def test_gather_resolves_known_names_once_and_names_explicit_objects(df: pd.DataFrame) -> None:

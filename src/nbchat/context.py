@@ -14,7 +14,9 @@ carries text only, so a figure is described in words and says so.
 
 from __future__ import annotations
 
+import collections
 import re
+import reprlib
 import sys
 from collections.abc import Iterable, Mapping
 from typing import Any, Final, TypedDict
@@ -61,15 +63,24 @@ _MENTION_RE: Final = re.compile(r"(?<![\w.@])@([^\W\d]\w*)")
 _CODE_RE: Final = re.compile(r"```.*?(?:```|\Z)|~~~.*?(?:~~~|\Z)|`[^`\n]*`", re.DOTALL)
 
 
+# IPython's input and output history (_, __, _5, _i, _i5, _oh, ...): not user variables.
+_IPYTHON_HISTORY_RE: Final = re.compile(r"_{1,3}|_\d+|_i{1,3}|_i\d+|_[oid]h|_exit_code")
+
+
 def mentions(text: str) -> list[str]:
     """The names mentioned as ``@name`` in ``text``, in order, once each. Not an email
     address (``a@b.com``), nor anything inside backticks or a fenced code block."""
     prose = _CODE_RE.sub(" ", text)
-    return list(dict.fromkeys(m.group(1) for m in _MENTION_RE.finditer(prose)))
+    names = (m.group(1) for m in _MENTION_RE.finditer(prose))
+    return list(dict.fromkeys(n for n in names if not _IPYTHON_HISTORY_RE.fullmatch(n)))
 
 
 def find_name(obj: object, namespace: Mapping[str, Any], hidden: Iterable[str] = ()) -> str | None:
-    """The first public name ``obj`` is bound to in ``namespace``, or None."""
+    """The first public name ``obj`` is bound to in ``namespace``, or None. Not for
+    values Python shares between unrelated names (None, small numbers, interned text):
+    those would be named after whichever variable happens to hold the same object."""
+    if obj is None or isinstance(obj, (bool, int, float, str, bytes)):
+        return None
     skip = set(hidden)
     for name, value in namespace.items():
         if value is obj and not name.startswith("_") and name not in skip:
@@ -83,20 +94,21 @@ def gather(
     namespace: Mapping[str, Any] | None = None,
     hidden: Iterable[str] = (),
 ) -> list[Attachment]:
-    """The attachments of one message: ``objects`` (a list or tuple of objects, a
-    mapping of names to objects, or one object), then each ``@name`` of ``text`` that
-    names a variable of ``namespace`` (not one of ``hidden``). An object is attached
-    once however often it is named; unknown names stay plain text. Without a
-    namespace (outside IPython) nothing is resolved."""
+    """The attachments of one message: ``objects`` (a list, tuple, set or other
+    iterable of objects, a mapping of names to objects, or one object), then each
+    ``@name`` of ``text`` that names a variable of ``namespace`` (not one of
+    ``hidden``). An object is attached once however often it is named; unknown
+    names stay plain text. Without a namespace (outside IPython) nothing is
+    resolved."""
     skip = set(hidden)
     if namespace is not None:
         # A copy: the pane's send may run on a kernel subshell while a cell assigns.
         namespace = dict(namespace)
     named: list[tuple[str, object]] = []
     if isinstance(objects, Mapping):
-        named += [(str(k), v) for k, v in objects.items()]
-    elif isinstance(objects, (list, tuple)):
-        for i, obj in enumerate(objects):
+        named += [(_valid(str(k)), v) for k, v in objects.items()]
+    elif isinstance(objects, Iterable) and _many(objects):  # a list, a set, a generator...
+        for i, obj in enumerate(list(objects)):
             found = find_name(obj, namespace, skip) if namespace is not None else None
             named.append((found or f"context[{i}]", obj))
     elif objects is not None:
@@ -111,6 +123,17 @@ def gather(
             seen.add(id(obj))
             unique.append((name, obj))
     return attach(unique)
+
+
+def _many(objects: object) -> bool:
+    """Whether ``objects`` is several objects to attach, not one: any iterable but
+    text, a mapping, or a data object (DataFrame, Series, array) that is one thing."""
+    if objects is None or isinstance(objects, (str, bytes, bytearray, Mapping)):
+        return False
+    module = type(objects).__module__.split(".")[0]
+    if module in ("pandas", "numpy", "polars", "xarray", "torch"):
+        return False
+    return isinstance(objects, Iterable)
 
 
 def attach(named: Iterable[tuple[str, object]]) -> list[Attachment]:
@@ -143,7 +166,9 @@ def describe(obj: object, name: str) -> Attachment:
     name = _clean_name(name)
     try:
         kind, summary, text = _describe(obj)
-    except Exception as exc:
+    except KeyboardInterrupt:
+        raise  # the user asked to stop: not a description failing
+    except BaseException as exc:  # SystemExit from a __repr__ must not end the kernel
         kind, summary = type(obj).__name__, ""
         text = f"(could not describe this object: {type(exc).__name__}: {exc})"
     text = _valid(text)
@@ -163,7 +188,26 @@ def _describe(obj: object) -> tuple[str, str, str]:
         return figure
     if isinstance(obj, str):
         return "str", f"{len(obj):,} characters", obj
+    # reprlib keeps a huge container's repr small as it is made (repr() would build
+    # all of it, 90 MB for ten million ints, before it could be cut).
+    if isinstance(obj, _CONTAINERS):
+        return type(obj).__name__, "", _REPR.repr(obj)
     return type(obj).__name__, "", repr(obj)
+
+
+def _bounded_repr() -> reprlib.Repr:
+    bounded = reprlib.Repr()
+    bounded.maxlevel = 4
+    bounded.maxlist = bounded.maxtuple = bounded.maxset = bounded.maxfrozenset = 200
+    bounded.maxdeque = bounded.maxarray = 200
+    bounded.maxdict = 100
+    bounded.maxstring = bounded.maxlong = MAX_ATTACHMENT_CHARS
+    bounded.maxother = MAX_ATTACHMENT_CHARS
+    return bounded
+
+
+_REPR: Final = _bounded_repr()
+_CONTAINERS: Final = (list, tuple, set, frozenset, dict, collections.deque)
 
 
 def _dataframe(frame: Any) -> tuple[str, str, str]:

@@ -78,13 +78,24 @@ def _same(a: ModelFunction, b: ModelFunction) -> bool:
         return False
 
 
+def _redefined(a: ModelFunction, b: ModelFunction) -> bool:
+    """Whether ``b`` is ``a`` defined again: the same module-level function (a notebook
+    cell run again makes a new function object under the same name, and the module can
+    hold only one of them). Closures (``<locals>``) can live side by side: not these."""
+    if not (inspect.isfunction(a) and inspect.isfunction(b)):
+        return False
+    same = (a.__module__, a.__qualname__) == (b.__module__, b.__qualname__)
+    return same and "<locals>" not in a.__qualname__
+
+
 class LocalModels:
     """Callables by model name, safe to use from any thread.
 
     Two different callables never share a name: :meth:`add` gives a second callable
-    whose ``__name__`` is taken ``name-2`` (then ``-3``, ...); :meth:`register` binds a
-    name the caller chose, replacing what it held (re-running a notebook cell that
-    registers an edited function keeps its name)."""
+    whose ``__name__`` is taken ``name-2`` (then ``-3``, ...), except a function defined
+    again (a notebook cell run again), which takes its old name and replaces it, so
+    re-running a cell neither grows the registry nor keeps the old function alive;
+    :meth:`register` binds a name the caller chose, replacing what it held."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -106,6 +117,10 @@ class LocalModels:
         with self._lock:
             for name, known in self._by_name.items():
                 if name not in taken and _same(known, fn):
+                    return name
+            for name, known in self._by_name.items():
+                if name not in taken and _redefined(known, fn):
+                    self._by_name[name] = fn
                     return name
             name, n = base, 1
             while name in taken or name in self._by_name:
@@ -143,8 +158,9 @@ def register_model(name: str, fn: ModelFunction) -> str:
     ``async def`` function or an async generator. Raises ``ValueError`` for a name the
     embedded gateway's configuration already serves, ``TypeError`` for a non-callable.
     """
-    from .gateway.embedded import configured_models  # the gateway imports this module
+    from .gateway.embedded import configured_models, shared_gateway
 
+    shared_gateway()  # its configuration is read when it starts: check against it
     if name in configured_models():
         raise ValueError(
             f"the gateway already serves a configured model named {name!r}; "

@@ -87,101 +87,207 @@ class CallableProvider:
         name = request.model
         fn = self.registry.get(name)
         if fn is None:
-            raise ProviderError("unknown_model", f"no function is registered as model {name!r}")
+            raise ProviderError(
+                "unknown_model",
+                f"no function is registered as model {name!r} in this kernel: pass it "
+                f"again with Chat(model=fn), or nbchat.register_model({name!r}, fn)",
+            )
         messages = [{"role": m.role, "content": m.content} for m in request.messages]
         kwargs = call_params(fn, request.params)
-        try:
-            if _runs_on_loop(fn):
-                chunks = self._on_loop(name, fn(messages, **kwargs))
-            else:
-                chunks = self._on_thread(name, fn, messages, kwargs)
-            async for text in chunks:
-                yield TextChunk(text)
-        except ProviderError:
-            raise
-        except (Exception, SystemExit, KeyboardInterrupt) as exc:
-            log.error("model function %s raised", name, exc_info=exc)
-            raise ProviderError(
-                "upstream_error", f"{name} raised {type(exc).__name__}: {exc}"
-            ) from None
+        chunks: AsyncIterator[str] | None = None
+        while True:
+            # Only fetching runs user code: a GeneratorExit at our own yield below is
+            # the gateway closing this stream, not the callable's, and must go through.
+            try:
+                if chunks is None:
+                    if _runs_on_loop(fn):
+                        chunks = self._on_loop(name, fn(messages, **kwargs))
+                    else:
+                        chunks = self._on_thread(name, fn, messages, kwargs)
+                text = await chunks.__anext__()
+            except StopAsyncIteration:
+                break
+            except ProviderError:
+                raise
+            except asyncio.CancelledError:
+                if _being_cancelled():
+                    raise  # a stop, or the gateway shutting down
+                log.error("model function %s raised CancelledError", name)
+                raise ProviderError("upstream_error", f"{name} raised CancelledError") from None
+            except BaseException as exc:  # GeneratorExit, SystemExit...: user code's
+                log.error("model function %s raised", name, exc_info=exc)
+                raise ProviderError(
+                    "upstream_error", f"{name} raised {type(exc).__name__}: {exc}"
+                ) from None
+            yield TextChunk(text)
         yield Finish("stop")
 
     async def _on_loop(self, name: str, result: Any) -> AsyncIterator[str]:
-        """A coroutine's text, or an async iterator's chunks, on this loop."""
+        """A coroutine's text, or an async iterator's chunks, on this loop. Each step
+        runs as a task of its own, so a stop ends the reply at once even if the
+        callable ignores the cancellation or cleans up slowly (it is cancelled and
+        left to finish on its own)."""
         if inspect.isawaitable(result):
-            text = await result
+            text = await _step(result)
             if not isinstance(text, str):
                 raise _not_text(name, "returned", text)
             yield text
             return
         if not isinstance(result, AsyncIterator):
             raise _not_text(name, "returned", result)
+        ended = False
         try:
-            async for chunk in result:
+            while True:
+                try:
+                    chunk = await _step(result.__anext__())
+                except StopAsyncIteration:
+                    ended = True
+                    return
                 if not isinstance(chunk, str):
                     raise _not_text(name, "yielded", chunk)
                 yield chunk
         finally:
-            # A stop already ran its finally (CancelledError at its await); after a
-            # bad chunk this throws GeneratorExit at its yield.
             aclose = getattr(result, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            if not ended and aclose is not None:
+                # GeneratorExit at its yield (after a bad chunk, or a stop between
+                # chunks); never awaited, so a slow cleanup holds nothing up.
+                _leave(asyncio.ensure_future(aclose()))
 
     async def _on_thread(
         self, name: str, fn: ModelFunction, messages: list[dict[str, str]], kwargs: dict[str, Any]
     ) -> AsyncIterator[str]:
-        """A sync callable's text or chunks, from a thread of its own."""
-        loop = asyncio.get_running_loop()
-        items: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-        stopped = threading.Event()
-
-        def put(kind: str, value: Any = None) -> None:
-            try:
-                loop.call_soon_threadsafe(items.put_nowait, (kind, value))
-            except RuntimeError:  # the gateway's loop is closed
-                stopped.set()
+        """A sync callable's text or chunks, from a thread of its own, handed over in
+        batches (one wake-up of the loop however many chunks wait) and bounded (the
+        thread waits while :data:`HANDOFF_CHARS` are unread), so a callable yielding
+        millions of tiny chunks slows no other chat."""
+        handoff = _Handoff(asyncio.get_running_loop())
 
         def work() -> None:
             try:
                 result = fn(messages, **kwargs)
                 if isinstance(result, str):
-                    put("chunk", result)
+                    handoff.put("chunk", result)
                 elif inspect.isawaitable(result) or isinstance(result, AsyncIterator):
-                    put("async", result)  # a sync callable that returns async work
+                    handoff.put("async", result)  # a sync callable that returns async work
                 elif isinstance(result, Iterator):
                     try:
                         for chunk in result:
-                            if stopped.is_set():
-                                break  # closed below, at this yield
                             if not isinstance(chunk, str):
-                                put("error", _not_text(name, "yielded", chunk))
+                                handoff.put("error", _not_text(name, "yielded", chunk))
                                 break
-                            put("chunk", chunk)
+                            if not handoff.put("chunk", chunk):
+                                break  # stopped: closed below, at this yield
                     finally:
                         close = getattr(result, "close", None)
                         if close is not None:
                             close()  # GeneratorExit at its yield: its finally runs
                 else:
-                    put("error", _not_text(name, "returned", result))
+                    handoff.put("error", _not_text(name, "returned", result))
             except BaseException as exc:
-                put("raised", exc)
+                handoff.put("raised", exc)
             finally:
-                put("end")
+                handoff.put("end")
 
         thread = threading.Thread(target=work, name=f"nbchat-model-{name}", daemon=True)
         thread.start()
         try:
             while True:
-                kind, value = await items.get()
-                if kind == "chunk":
-                    yield value
-                elif kind == "async":
-                    async for chunk in self._on_loop(name, value):
-                        yield chunk
-                elif kind in ("error", "raised"):
-                    raise value
-                else:
-                    return
+                text: list[str] = []
+                for kind, value in await handoff.take():
+                    if kind == "chunk":
+                        text.append(value)
+                        continue
+                    if text:
+                        yield "".join(text)
+                        text = []
+                    if kind == "async":
+                        async for chunk in self._on_loop(name, value):
+                            yield chunk
+                    elif kind in ("error", "raised"):
+                        raise value
+                    else:
+                        return
+                if text:
+                    yield "".join(text)
         finally:
-            stopped.set()
+            handoff.close()
+
+
+# How much text a callable's thread may have handed over unread before it waits.
+HANDOFF_CHARS = 1 << 20
+
+
+class _Handoff:
+    """Items from a worker thread to the event loop: batched and bounded."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._cond = threading.Condition()
+        self._items: list[tuple[str, Any]] = []
+        self._chars = 0
+        self._ready = asyncio.Event()
+        self._wake_pending = False
+        self.closed = False
+
+    def put(self, kind: str, value: Any = None) -> bool:
+        """From the thread. False once the reader has gone (a stop): stop producing."""
+        with self._cond:
+            while kind == "chunk" and self._chars >= HANDOFF_CHARS and not self.closed:
+                self._cond.wait()
+            if self.closed:
+                return False
+            self._items.append((kind, value))
+            if kind == "chunk":
+                self._chars += len(value)
+            if self._wake_pending:
+                return True
+            self._wake_pending = True
+        try:
+            self._loop.call_soon_threadsafe(self._ready.set)
+        except RuntimeError:  # the gateway's loop is closed
+            self.close()
+            return False
+        return True
+
+    async def take(self) -> list[tuple[str, Any]]:
+        """On the loop: everything handed over since the last take (waits for some)."""
+        await self._ready.wait()
+        with self._cond:
+            self._ready.clear()
+            self._wake_pending = False
+            items, self._items, self._chars = self._items, [], 0
+            self._cond.notify_all()
+        return items
+
+    def close(self) -> None:
+        with self._cond:
+            self.closed = True
+            self._cond.notify_all()
+
+
+async def _step(awaitable: Any) -> Any:
+    """Await one step of user code as a task of its own: if we are cancelled, cancel
+    it and return at once rather than wait for code that may ignore the cancel."""
+    task = asyncio.ensure_future(awaitable)
+    try:
+        await asyncio.wait({task})
+    except asyncio.CancelledError:
+        task.cancel()
+        _leave(task)
+        raise
+    return task.result()
+
+
+def _leave(task: asyncio.Future[Any]) -> None:
+    """Let ``task`` finish on its own, its outcome retrieved so nothing is logged as
+    never retrieved."""
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+
+def _being_cancelled() -> bool:
+    """Whether the running task has been asked to cancel (a stop or a shutdown), as
+    opposed to user code raising ``CancelledError`` itself. Python 3.10 cannot tell:
+    there, it counts as a cancel."""
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return task is None or cancelling is None or cancelling() > 0
