@@ -2,7 +2,9 @@
 tests/fixtures/providers/ to the real SDKs, and misbehaves on request.
 
 The model named in a request picks the answer: a recording (see ``RECORDINGS``), a long
-stream for stop tests, or a failure (``FAILURES``). Every request is kept, with its
+stream for stop tests, or a failure (``FAILURES``). A tool-calling model (``TOOL_ROUNDS``)
+picks by round too: its tool calls, or, when the request ends with the results (a
+``role: tool`` message), its answer. Every request is kept, with its
 headers, so tests can check what the SDK sent.
 """
 
@@ -24,6 +26,39 @@ RECORDINGS = {
     "Qwen/Qwen2.5-1.5B-Instruct": "vllm.sse",
     "claude-sonnet-4-6": "anthropic_messages.sse",
 }
+# model -> (recording of the tool calls, recording of the answer after the results);
+# an answer of None calls the tools again, every round (with fresh call ids).
+TOOL_ROUNDS: dict[str, tuple[str, str | None]] = {
+    "gpt-tools": ("openai_tool_call.sse", "openai_tool_answer.sse"),
+    "gpt-tools-forever": ("openai_tool_call.sse", None),
+    "claude-tools": ("anthropic_tool_use.sse", "anthropic_tool_answer.sse"),
+    "claude-tools-forever": ("anthropic_tool_use.sse", None),
+}
+
+
+def _results_in(message: dict[str, Any]) -> int:
+    """How many tool results a message carries: OpenAI's are role-tool messages,
+    Anthropic's are tool_result blocks of a user message."""
+    if message.get("role") == "tool":
+        return 1
+    content = message.get("content")
+    if message.get("role") == "user" and isinstance(content, list):
+        return sum(1 for b in content if isinstance(b, dict) and b.get("type") == "tool_result")
+    return 0
+
+
+def _tool_round_events(model: str, body: dict[str, Any]) -> list[str]:
+    calls, answer = TOOL_ROUNDS[model]
+    messages = body.get("messages") or [{}]
+    results = sum(_results_in(m) for m in messages)
+    if answer is not None and _results_in(messages[-1]):
+        text = (FIXTURES / answer).read_text()
+    else:
+        text = (FIXTURES / calls).read_text()
+        if answer is None:  # each round's calls are new calls
+            text = text.replace('"id":"call_', f'"id":"r{results}_call_')
+            text = text.replace('"id":"toolu_', f'"id":"r{results}_toolu_')
+    return [e + "\n\n" for e in text.split("\n\n") if e.strip()]
 
 
 def _send_error(
@@ -139,6 +174,8 @@ class Replay:
             self._stream(handler, [_openai_chunk(f" word{i}") for i in range(3)])
         elif model == "long":
             self._stream(handler, [_openai_chunk(f" word{i}") for i in range(2000)])
+        elif model in TOOL_ROUNDS:
+            self._stream(handler, _tool_round_events(model, body))
         elif model.removesuffix(":latest") in RECORDINGS:  # Ollama answers to both
             text = (FIXTURES / RECORDINGS[model.removesuffix(":latest")]).read_text()
             self._stream(handler, [e + "\n\n" for e in text.split("\n\n") if e.strip()])

@@ -89,6 +89,7 @@ def missing_field_cases() -> list[tuple[str, str]]:
         "pause": {"reply": "r"},
         "resume": {"reply": "r"},
         "ping": {"t": 1},
+        "tool_result": {"reply": "r", "call": "c", "content": "42"},
     }
     cases = []
     for kind, cls in CLIENT_TYPES.items():
@@ -118,11 +119,13 @@ def wrong_type_cases() -> list[tuple[str, str]]:
             "messages": [{"role": "user", "content": "hi"}],
             "model": "demo",
             "params": {},
+            "tools": [],
         },
         "stop": {"reply": "r"},
         "pause": {"reply": "r"},
         "resume": {"reply": "r"},
         "ping": {"t": 1.5},
+        "tool_result": {"reply": "r", "call": "c", "content": "42", "error": "E: x"},
     }
     wrong = {str: 7, int: "7", float: "7", list: {"a": 1}, dict: [1]}
     cases = []

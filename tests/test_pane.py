@@ -19,6 +19,7 @@ def test_pane_commands_parse(message: dict[str, Any]) -> None:
     command = parse_command(message)
     assert command.type == message["type"]
     assert command.text == message.get("text", "")
+    assert (command.call, command.run) == (message.get("call", ""), message.get("run", False))
 
 
 @pytest.mark.parametrize("case", FIXTURE["bad_commands"], ids=lambda c: c["error"])

@@ -92,6 +92,7 @@ def test_error_codes_cover_the_design() -> None:
         "busy",
         "resume_gap",
         "gateway_shutdown",  # added: a reply cut short by a shutdown is not a stop
+        "tool_error",  # added: the tool step bound, or a tool result that never came
     }
 
 

@@ -1,7 +1,7 @@
 // The widget's synced traits (mirrors nbchat.widget.Chat) and the messages the kernel
 // and the pane exchange (mirrors nbchat.pane).
 
-export type Role = "system" | "user" | "assistant";
+export type Role = "system" | "user" | "assistant" | "tool";
 export type Finish = "stop" | "length" | "stopped" | "error";
 export type ReplyStatus = "pending" | "streaming" | "paused" | "done" | "stopped" | "error";
 export type LinkStatus = "connecting" | "connected" | "reconnecting" | "offline" | "closed";
@@ -30,12 +30,19 @@ export interface MessageRecord {
   first_token_s: number | null;
   duration_s: number | null;
   tokens_per_s: number | null;
+  /** A tool row (role "tool"): the function, the arguments the model gave, the call's
+   * id; its content is the result (optional: records from an older kernel lack them). */
+  tool_name?: string | null;
+  tool_arguments?: Record<string, unknown> | null;
+  tool_call?: string | null;
 }
 
 export interface ActiveReply {
   reply?: string;
   status?: ReplyStatus;
   model?: string | null;
+  /** Ids of the reply's tool calls waiting for the user's Run / Don't run. */
+  asking?: string[];
 }
 
 /** The synced traits of nbchat.Chat. */
@@ -74,7 +81,8 @@ export interface TranscriptMessage {
 /** pane -> kernel */
 export type PaneCommand =
   | { type: "send"; text: string }
-  | { type: "stop" | "pause" | "resume" | "clear" | "sync" | "reconnect" };
+  | { type: "stop" | "pause" | "resume" | "clear" | "sync" | "reconnect" }
+  | { type: "tool_answer"; call: string; run: boolean };
 
 export function isKernelMessage(value: unknown): value is KernelMessage {
   if (typeof value !== "object" || value === null) return false;

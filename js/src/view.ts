@@ -149,6 +149,60 @@ export function contextChips(context: readonly Attachment[]): HTMLElement {
   return list;
 }
 
+/** A tool call and its result, folded: the summary names the function and its
+ * arguments; open, it shows the result. While the call waits for the user
+ * (`confirm=True`), the question and its buttons show instead. Text only: the model
+ * wrote the arguments and the function the result, neither is HTML. */
+export function toolCall(
+  message: MessageRecord,
+  asking: boolean,
+  answer: (call: string, run: boolean) => void,
+): HTMLElement {
+  const call = `${message.tool_name ?? "tool"}(${JSON.stringify(message.tool_arguments ?? {})})`;
+  const details = element("details", "nbchat-tool");
+  const summary = element("summary", "");
+  const name = element("code", "nbchat-tool-call");
+  name.textContent = call;
+  const state = element("span", "nbchat-tool-state");
+  state.textContent = toolState(message, asking);
+  summary.append(name, state);
+  const result = element("pre", "nbchat-tool-result");
+  result.textContent = message.content;
+  details.append(summary, result);
+  if (!asking || !message.tool_call) return details;
+  const callId = message.tool_call;
+  const box = element("div", "nbchat-tool-ask", { role: "group", "aria-label": "Run this tool?" });
+  const question = element("span", "nbchat-tool-question");
+  question.textContent = `Run ${call} in the kernel?`;
+  const run = button("nbchat-tool-run", "Run", "Run the function with these arguments");
+  const skip = button("nbchat-tool-skip", "Don't run", "Tell the model you declined");
+  const decide = (yes: boolean) => {
+    run.disabled = true;
+    skip.disabled = true;
+    answer(callId, yes);
+  };
+  run.addEventListener("click", () => decide(true));
+  skip.addEventListener("click", () => decide(false));
+  box.append(question, run, skip);
+  const wrap = element("div", "nbchat-tool-wrap");
+  wrap.append(details, box);
+  return wrap;
+}
+
+function toolState(message: MessageRecord, asking: boolean): string {
+  if (asking) return "waiting for you";
+  switch (message.finish) {
+    case null:
+      return "running…";
+    case "error":
+      return "failed";
+    case "stopped":
+      return "stopped";
+    default:
+      return message.duration_s !== null ? `${message.duration_s.toFixed(1)} s` : "";
+  }
+}
+
 export function renderChat(
   model: AnyModel<ChatModel>,
   el: HTMLElement,
@@ -249,7 +303,8 @@ export function renderChat(
       });
       if (message.reply_id) item.dataset.reply = message.reply_id;
       const role = element("div", "nbchat-role");
-      role.textContent = message.role === "user" ? "You" : (message.model ?? "assistant");
+      role.textContent =
+        message.role === "user" ? "You" : message.role === "tool" ? "Tool" : (message.model ?? "assistant");
       const body = element("div", "nbchat-body");
       item.append(role);
       let reasoning: HTMLElement | null = null;
@@ -275,6 +330,11 @@ export function renderChat(
           body.innerHTML = renderMarkdown(message.content);
           addCodeBars(body);
         }
+      } else if (message.role === "tool") {
+        const asking = Boolean(message.tool_call && active.asking?.includes(message.tool_call));
+        body.append(
+          toolCall(message, asking, (call, run) => command({ type: "tool_answer", call, run })),
+        );
       } else {
         body.textContent = message.content;
       }
@@ -286,7 +346,11 @@ export function renderChat(
         item.appendChild(error);
       }
       const live = liveBody === body;
-      const meta = live ? liveMetaLine(state, model.get("status")) : metaLine(message, state);
+      const meta = live
+        ? liveMetaLine(state, model.get("status"))
+        : message.role === "tool"
+          ? "" // its state is in its summary
+          : metaLine(message, state);
       if (meta || live) {
         const line = element("div", "nbchat-meta");
         line.textContent = meta;

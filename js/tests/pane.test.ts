@@ -201,3 +201,46 @@ describe("math in the reply in flight", () => {
     expect(body().innerHTML).toBe(streamed);
   });
 });
+
+describe("tool calls", () => {
+  const toolRow = (over: Partial<MessageRecord> = {}) =>
+    record({
+      role: "tool", content: "| Acme | 900 |", model: null, finish: "stop", duration_s: 0.42,
+      tool_name: "top_customers", tool_arguments: { n: 3 }, tool_call: "call_1", ...over,
+    });
+
+  it("show folded: the call in the summary, the result inside, as text", () => {
+    const { transcript, $ } = pane();
+    const row = toolRow({ content: "<img src=x onerror=alert(1)>" });
+    transcript.apply({ type: "transcript", from: 0, records: [record({ role: "user", content: "who?" }), row] });
+    const details = $<HTMLDetailsElement>(".nbchat-tool");
+    expect(details.hasAttribute("open")).toBe(false); // folded
+    expect($(".nbchat-tool-call").textContent).toBe('top_customers({"n":3})');
+    expect($(".nbchat-tool-state").textContent).toBe("0.4 s");
+    expect($(".nbchat-tool-result").textContent).toBe("<img src=x onerror=alert(1)>");
+    expect($(".nbchat-tool-result img")).toBeNull();
+    expect($('[data-role="tool"] .nbchat-role').textContent).toBe("Tool");
+    expect($(".nbchat-tool-ask")).toBeNull();
+  });
+
+  it("ask before running when the kernel waits for an answer, and send it", () => {
+    const { model, transcript, $ } = pane({ active: { reply: "r1", status: "streaming", asking: ["call_1"] } });
+    transcript.apply({ type: "transcript", from: 0, records: [toolRow({ content: "", finish: null })] });
+    expect($(".nbchat-tool-question").textContent).toBe('Run top_customers({"n":3}) in the kernel?');
+    expect($(".nbchat-tool-state").textContent).toBe("waiting for you");
+    $<HTMLButtonElement>(".nbchat-tool-run").click();
+    expect(model.sent).toEqual([{ type: "tool_answer", call: "call_1", run: true }]);
+    expect($<HTMLButtonElement>(".nbchat-tool-skip").disabled).toBe(true); // one answer
+
+    model.set("active", { reply: "r1", status: "streaming" }); // answered: the question goes
+    expect($(".nbchat-tool-ask")).toBeNull();
+    expect($(".nbchat-tool-state").textContent).toBe("running…");
+  });
+
+  it("send a refusal from Don't run", () => {
+    const { model, transcript, $ } = pane({ active: { reply: "r1", status: "streaming", asking: ["call_1"] } });
+    transcript.apply({ type: "transcript", from: 0, records: [toolRow({ content: "", finish: null })] });
+    $<HTMLButtonElement>(".nbchat-tool-skip").click();
+    expect(model.sent).toEqual([{ type: "tool_answer", call: "call_1", run: false }]);
+  });
+});

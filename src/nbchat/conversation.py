@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .backoff import Backoff
@@ -41,12 +42,15 @@ from .protocol import (
     Start,
     Started,
     Stop,
+    ToolCall,
+    ToolResult,
     Welcome,
     encode,
     lone_surrogate,
 )
 from .reply import Reply
 from .session import ReplyState
+from .tools import Tool, run_tool
 from .transcript import Message, Transcript
 
 __all__ = ["ConnectionStatus", "Conversation", "ConversationListener"]
@@ -67,6 +71,7 @@ class ConversationListener:
     def on_chunk(self, reply: Reply, text: str) -> None: ...
     def on_reasoning(self, reply: Reply, text: str) -> None: ...
     def on_reply_status(self, reply: Reply) -> None: ...
+    def on_tool_asking(self, reply: Reply) -> None: ...
 
 
 @dataclass
@@ -81,6 +86,10 @@ class _InFlight:
     paused_s: float = 0.0  # time spent paused before that
     chunks: int = 0
     started: bool = False  # its start frame has been sent (or queued for the resume)
+    # Its tool calls' transcript rows by call id: a call replayed after a resume is
+    # already here, and does not run again.
+    calls: dict[str, Message] = field(default_factory=dict)
+    tool_tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
 
 class Conversation:
@@ -99,6 +108,7 @@ class Conversation:
         backoff: Backoff | None = None,
         heartbeat_s: float = DEFAULT_HEARTBEAT_S,
         max_history_chars: int | None = None,
+        tools: dict[str, Tool] | None = None,
     ) -> None:
         if system is not None:
             _check_sendable("system", system)
@@ -106,6 +116,9 @@ class Conversation:
         if max_history_chars is not None and max_history_chars < 1:
             raise ValueError("max_history_chars must be a positive number of characters")
         self.max_history_chars = max_history_chars
+        # Functions the model may call, by name (shared with the Chat, which adds to
+        # it); offered with each start, run here when the gateway sends a tool_call.
+        self.tools: dict[str, Tool] = tools if tools is not None else {}
         self.url = url
         self.model = model
         self.models: list[str] = []
@@ -124,6 +137,8 @@ class Conversation:
         self._queued: list[Reply] = []
         self._context: dict[str, list[dict[str, str]]] = {}  # by reply id, until it runs
         self._current: _InFlight | None = None
+        # Calls of tools with confirm=True waiting for the user's answer, by call id.
+        self._asking: dict[str, asyncio.Future[bool]] = {}
         self._closing = False
         self._connection = ClientConnection(
             url,
@@ -230,6 +245,22 @@ class Conversation:
         asyncio.run_coroutine_threadsafe(self._connection.reconnect_now(), self._loop)
 
     @property
+    def asking(self) -> list[str]:
+        """Ids of the tool calls waiting for the user's answer (``confirm=True``)."""
+        return list(self._asking)
+
+    def answer_tool(self, call: str, run: bool) -> None:
+        """Answer a tool call that asks first: run it, or tell the model the user
+        declined. An answer for a call not waiting (any more) does nothing."""
+
+        def answer() -> None:
+            future = self._asking.get(call)
+            if future is not None and not future.done():
+                future.set_result(bool(run))
+
+        self._loop.call_soon_threadsafe(answer)
+
+    @property
     def connection(self) -> ClientConnection:
         return self._connection
 
@@ -303,7 +334,10 @@ class Conversation:
             self._end(in_flight, "error", error=self.error, code="unavailable")
         else:
             self._connection.session.open(reply.id)
-            start = Start(reply=reply.id, messages=history, model=model, params=reply.params)
+            tools = tuple(tool.spec() for tool in list(self.tools.values())) or None
+            start = Start(
+                reply=reply.id, messages=history, model=model, params=reply.params, tools=tools
+            )
             in_flight.started = True
             try:
                 await self._connection.send(start)
@@ -392,6 +426,8 @@ class Conversation:
             self._set_paused(in_flight, False)
         elif isinstance(frame, Snapshot):
             self._apply_snapshot(in_flight, frame)
+        elif isinstance(frame, ToolCall):
+            self._on_tool_call(in_flight, frame)
         elif isinstance(frame, Error) and frame.seq is None:
             if not self._was_seen(in_flight):
                 # The start itself was refused (a started event would have come before
@@ -404,6 +440,78 @@ class Conversation:
             message.usage = frame.usage
             message.generation_s = _generation_s(frame.timing)
             self._end(in_flight, frame.finish, error=view.error, code=view.error_code)
+
+    def _on_tool_call(self, in_flight: _InFlight, frame: ToolCall) -> None:
+        """Record the call and run the tool (once per call id, whatever is replayed)."""
+        if frame.call in in_flight.calls:
+            return
+        with self.lock:
+            row = self.transcript.add_tool(
+                call=frame.call,
+                name=frame.name,
+                arguments=frame.arguments,
+                reply_id=in_flight.reply.id,
+                at=time.time(),
+                before=in_flight.message,
+            )
+        in_flight.calls[frame.call] = row
+        if in_flight.reply.status == "pending":  # the model is answering, with a call
+            in_flight.reply._set_status("streaming")
+            self.listener.on_reply_status(in_flight.reply)
+        self.listener.on_transcript()
+        task = self._loop.create_task(self._run_tool(in_flight, frame, row))
+        in_flight.tool_tasks.add(task)
+        task.add_done_callback(in_flight.tool_tasks.discard)
+
+    async def _run_tool(self, in_flight: _InFlight, frame: ToolCall, row: Message) -> None:
+        """Run one call in this process, record its result, send it to the gateway."""
+        began = self._loop.time()
+        tool = self.tools.get(frame.name)
+        error: str | None
+        if tool is None:
+            known = ", ".join(sorted(self.tools)) or "none"
+            content, error = "", f"LookupError: no tool named {frame.name!r}; the tools: {known}"
+        elif tool.confirm and not await self._ask(in_flight, frame):
+            content, error = "", f"Declined: the user chose not to run {frame.name} this time"
+        else:
+            began = self._loop.time()  # the tool's own time, not the user's
+            content, error = await run_tool(tool, dict(frame.arguments))
+        if in_flight.ended.is_set():
+            return  # stopped meanwhile: the result goes nowhere (the row says stopped)
+        seen = content if error is None else json.dumps({"error": error}, ensure_ascii=False)
+        with self.lock:
+            row.content, row.error = seen, error
+            row.duration_s = self._loop.time() - began
+            row.finish = "stop" if error is None else "error"
+        self.listener.on_transcript()
+        result = ToolResult(reply=frame.reply, call=frame.call, content=content, error=error)
+        try:
+            await self._connection.send(result)
+        except GatewayUnavailable:
+            pass  # offline: the link's state ends the reply
+        except (RequestTooLarge, ProtocolError) as exc:
+            # Cannot travel (over the gateway's frame limit): the model is told instead.
+            message = f"the result could not be sent: {exc}"
+            with self.lock:
+                row.error = message
+                row.content = json.dumps({"error": message})
+                row.finish = "error"
+            with contextlib.suppress(GatewayUnavailable, RequestTooLarge, ProtocolError):
+                await self._connection.send(
+                    ToolResult(reply=frame.reply, call=frame.call, content="", error=message)
+                )
+
+    async def _ask(self, in_flight: _InFlight, frame: ToolCall) -> bool:
+        """Wait for the user's answer to a call of a tool with ``confirm=True`` (the
+        pane shows the question while the call is in :attr:`asking`)."""
+        future: asyncio.Future[bool] = self._loop.create_future()
+        self._asking[frame.call] = future
+        self.listener.on_tool_asking(in_flight.reply)
+        try:
+            return await future
+        finally:
+            self._asking.pop(frame.call, None)
+            self.listener.on_tool_asking(in_flight.reply)
 
     def _set_paused(self, in_flight: _InFlight, paused: bool) -> None:
         now = self._loop.time()
@@ -447,6 +555,16 @@ class Conversation:
                 message.content += extra
             reply._append(extra)
             self.listener.on_chunk(reply, extra)
+        for pending in frame.calls or () if frame.finish is None else ():
+            # Calls whose tool_call event the gap swallowed (run once, like any call).
+            call = ToolCall(
+                seq=0,
+                reply=frame.reply,
+                call=pending.call,
+                name=pending.name,
+                arguments=pending.arguments,
+            )
+            self._on_tool_call(in_flight, call)
         if frame.finish is not None:
             message.usage = frame.usage
             self._end(in_flight, frame.finish, error=frame.error, code=frame.error_code)
@@ -459,7 +577,13 @@ class Conversation:
         if in_flight.ended.is_set():
             return  # it has ended already (e.g. closing raced the gateway's done)
         reply, message = in_flight.reply, in_flight.message
+        for task in in_flight.tool_tasks:
+            task.cancel()  # an async tool at its await; a sync tool's thread runs on
         with self.lock:
+            for row in in_flight.calls.values():
+                if row.finish is None:  # never returned: the history must say so
+                    row.finish = "stopped"
+                    row.content = json.dumps({"error": "not finished: the reply ended first"})
             message.finish = finish
             message.error = error
             message.chunks = in_flight.chunks

@@ -573,6 +573,9 @@ class ConversationRecorder(ConversationListener):
         self.inner.on_reply_status(reply)
         self._sweep()
 
+    def on_tool_asking(self, reply: Reply) -> None:
+        self.inner.on_tool_asking(reply)
+
     # --- snapshots, on the caller's thread -----------------------------------------
 
     def _soon(self) -> None:

@@ -32,6 +32,7 @@ COMMANDS: Final[dict[str, bool]] = {
     "clear": False,
     "sync": False,
     "reconnect": False,
+    "tool_answer": False,  # {call, run}: run (or not) a tool that asks first
 }
 
 
@@ -39,6 +40,8 @@ COMMANDS: Final[dict[str, bool]] = {
 class Command:
     type: str
     text: str = ""
+    call: str = ""  # tool_answer: the tool call asked about
+    run: bool = False  # tool_answer: whether to run it
 
 
 def parse_command(content: Any) -> Command:
@@ -53,6 +56,13 @@ def parse_command(content: Any) -> Command:
         if not isinstance(text, str):
             raise ValueError(f"pane message {kind!r} needs a string 'text'")
         return Command(kind, text)
+    if kind == "tool_answer":
+        call, run = content.get("call"), content.get("run")
+        if not isinstance(call, str) or not call:
+            raise ValueError("pane message 'tool_answer' needs the tool call's id in 'call'")
+        if not isinstance(run, bool):
+            raise ValueError("pane message 'tool_answer' needs 'run': true or false")
+        return Command(kind, call=call, run=run)
     return Command(kind)
 
 

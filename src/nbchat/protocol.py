@@ -34,6 +34,7 @@ __all__ = [
     "MAX_NAME_CHARS",
     "PROTOCOL_VERSION",
     "ROLES",
+    "TOOL_NAME",
     "ChatMessage",
     "ClientFrame",
     "Delta",
@@ -43,6 +44,7 @@ __all__ = [
     "Hello",
     "Pause",
     "Paused",
+    "PendingCall",
     "Ping",
     "Pong",
     "ProtocolError",
@@ -53,6 +55,9 @@ __all__ = [
     "Start",
     "Started",
     "Stop",
+    "ToolCall",
+    "ToolResult",
+    "ToolSpec",
     "Welcome",
     "decode",
     "decode_client",
@@ -64,7 +69,7 @@ __all__ = [
 
 PROTOCOL_VERSION: Final = 1
 
-ROLES: Final = ("system", "user", "assistant")
+ROLES: Final = ("system", "user", "assistant", "tool")
 FINISH_REASONS: Final = ("stop", "length", "stopped", "error")
 ERROR_CODES: Final = (
     "bad_request",
@@ -77,6 +82,7 @@ ERROR_CODES: Final = (
     "busy",
     "resume_gap",
     "gateway_shutdown",
+    "tool_error",
 )
 
 # WebSocket close code (4000-4999 are the application's): another connection resumed
@@ -88,11 +94,15 @@ DEFAULT_MAX_FRAME_BYTES: Final = 1024 * 1024
 MAX_DEPTH: Final = 32  # objects and arrays nested in one frame
 MAX_INT_DIGITS: Final = 19  # every integer fits a signed 64-bit value
 MAX_NAME_CHARS: Final = 256  # ids and names: reply, model, session, client, code
-_NAMES: Final = frozenset({"reply", "model", "session", "client", "code", "default_model"})
+_NAMES: Final = frozenset(
+    {"reply", "model", "session", "client", "code", "default_model", "call", "name"}
+)
+# A tool's name, as OpenAI and Anthropic both accept it.
+TOOL_NAME: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _INT_LIMIT: Final = 10**MAX_INT_DIGITS
 
 FinishReason = Literal["stop", "length", "stopped", "error"]
-Role = Literal["system", "user", "assistant"]
+Role = Literal["system", "user", "assistant", "tool"]
 JSON = dict[str, Any]
 
 
@@ -111,8 +121,34 @@ class ProtocolError(ValueError):
 
 @dataclass(frozen=True)
 class ChatMessage:
+    """One message of a request's history. A ``tool`` message is one tool call and its
+    result (what the model was given, in ``content``): ``call`` (its id), ``name`` and
+    ``arguments`` are set on tool messages only. Consecutive tool messages are one
+    round of calls, made after the assistant message before them."""
+
     role: Role
     content: str
+    call: str | None = None
+    name: str | None = None
+    arguments: JSON | None = None
+
+
+@dataclass(frozen=True)
+class PendingCall:
+    """In a ``snapshot``: a tool call the gateway still waits for a result of."""
+
+    call: str
+    name: str
+    arguments: JSON
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """A tool a model may call: ``parameters`` is a JSON schema of its arguments."""
+
+    name: str
+    description: str
+    parameters: JSON
 
 
 # --- client -> gateway -------------------------------------------------------
@@ -133,6 +169,19 @@ class Start:
     messages: tuple[ChatMessage, ...]
     model: str
     params: JSON = field(default_factory=dict)
+    tools: tuple[ToolSpec, ...] | None = None  # absent: the model gets no tools
+
+
+@dataclass(frozen=True)
+class ToolResult:
+    """A tool's result for the gateway's ``tool_call``: ``content`` is the result as
+    text; ``error`` says why the tool failed (the model is told, and goes on)."""
+
+    type: ClassVar[str] = "tool_result"
+    reply: str
+    call: str
+    content: str
+    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -202,6 +251,20 @@ class Delta:
 
 
 @dataclass(frozen=True)
+class ToolCall:
+    """The model calls a tool: the client runs it and answers with ``tool_result``
+    (same ``reply`` and ``call``); the reply goes on when every call of the round is
+    answered. ``arguments`` is the JSON object the model gave."""
+
+    type: ClassVar[str] = "tool_call"
+    seq: int
+    reply: str
+    call: str
+    name: str
+    arguments: JSON
+
+
+@dataclass(frozen=True)
 class Paused:
     type: ClassVar[str] = "paused"
     seq: int
@@ -243,6 +306,8 @@ class Snapshot:
 
     Sent in place of the log events that no longer reach back to the client's
     ``last_seq``; it covers every event up to the ``welcome``'s ``last_seq``.
+    ``calls`` are the reply's tool calls still waiting for a result (the client runs
+    those it has not run yet, and answers them).
     """
 
     type: ClassVar[str] = "snapshot"
@@ -254,6 +319,7 @@ class Snapshot:
     error: str | None = None
     error_code: str | None = None
     usage: JSON | None = None
+    calls: tuple[PendingCall, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -262,15 +328,18 @@ class Pong:
     t: float
 
 
-ClientFrame = Hello | Start | Stop | Pause | Resume | Ping
-ServerFrame = Welcome | Started | Delta | Paused | Resumed | Done | Error | Snapshot | Pong
+ClientFrame = Hello | Start | Stop | Pause | Resume | Ping | ToolResult
+ServerFrame = (
+    Welcome | Started | Delta | Paused | Resumed | Done | Error | Snapshot | Pong | ToolCall
+)
 Frame = ClientFrame | ServerFrame
 
 CLIENT_TYPES: Final[dict[str, type[Any]]] = {
-    cls.type: cls for cls in (Hello, Start, Stop, Pause, Resume, Ping)
+    cls.type: cls for cls in (Hello, Start, Stop, Pause, Resume, Ping, ToolResult)
 }
 SERVER_TYPES: Final[dict[str, type[Any]]] = {
-    cls.type: cls for cls in (Welcome, Started, Delta, Paused, Resumed, Done, Error, Snapshot, Pong)
+    cls.type: cls
+    for cls in (Welcome, Started, Delta, Paused, Resumed, Done, Error, Snapshot, Pong, ToolCall)
 }
 
 # Literal-typed fields whose values are checked against these choices.
@@ -308,6 +377,11 @@ def encode(frame: Frame) -> str:
             _check_name(value, where)
         elif isinstance(value, dict):
             _check_json(value, where, strings=False)  # the whole text is checked below
+        elif isinstance(value, tuple):
+            for item in value:
+                nested = getattr(item, "arguments", None) or getattr(item, "parameters", None)
+                if isinstance(nested, dict):
+                    _check_json(nested, where, strings=False, depth=4)
         data[f.name] = _to_json(value)
     try:
         text = json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
@@ -392,10 +466,11 @@ def _check_name(value: str, where: str) -> None:
         raise ProtocolError(f"{where} is longer than {MAX_NAME_CHARS} characters")
 
 
-def _check_json(value: Any, where: str, *, strings: bool) -> None:
+def _check_json(value: Any, where: str, *, strings: bool, depth: int = 2) -> None:
     """A JSON value inside a frame (params, usage, timing): nested at most MAX_DEPTH
-    levels from the frame, integers within 64 bits, and (``strings``) valid Unicode."""
-    stack: list[tuple[Any, int]] = [(value, 2)]  # the frame itself is level 1
+    levels from the frame, integers within 64 bits, and (``strings``) valid Unicode.
+    ``depth`` is the value's own level (the frame itself is level 1)."""
+    stack: list[tuple[Any, int]] = [(value, depth)]
     while stack:
         item, depth = stack.pop()
         if isinstance(item, (dict, list, tuple)):
@@ -420,7 +495,18 @@ def _check_json(value: Any, where: str, *, strings: bool) -> None:
 
 def _to_json(value: Any) -> Any:
     if isinstance(value, ChatMessage):
-        return {"role": value.role, "content": value.content}
+        data: JSON = {"role": value.role, "content": value.content}
+        if value.role == "tool":
+            data.update(call=value.call, name=value.name, arguments=value.arguments or {})
+        return data
+    if isinstance(value, PendingCall):
+        return {"call": value.call, "name": value.name, "arguments": value.arguments}
+    if isinstance(value, ToolSpec):
+        return {
+            "name": value.name,
+            "description": value.description,
+            "parameters": value.parameters,
+        }
     if isinstance(value, tuple):
         return [_to_json(v) for v in value]
     return value
@@ -474,7 +560,18 @@ def _check_strings_of(value: Any) -> None:
     if isinstance(value, str):
         _check_text(value, "frame")
     elif isinstance(value, ChatMessage):
-        _check_text(value.content, "frame")
+        for text in (value.content, value.call, value.name):
+            if text is not None:
+                _check_text(text, "frame")
+        if value.arguments:
+            _check_json(value.arguments, "frame", strings=True, depth=4)
+    elif isinstance(value, PendingCall):
+        _check_text(value.call, "frame")
+        _check_text(value.name, "frame")
+        _check_json(value.arguments, "frame", strings=True, depth=4)
+    elif isinstance(value, ToolSpec):
+        _check_text(value.description, "frame")
+        _check_json(value.parameters, "frame", strings=True, depth=4)
     elif isinstance(value, tuple):
         for item in value:
             _check_strings_of(item)
@@ -551,6 +648,14 @@ def _check(value: Any, hint: Any, where: str, name: str) -> Any:
             raise ProtocolError(f"{where} must be an array", field=name)
         if args[0] is ChatMessage:  # the history: often thousands, so checked directly
             return tuple(_chat_message(v, f"{where}[{i}]", name) for i, v in enumerate(value))
+        if args[0] is PendingCall:
+            return tuple(_pending_call(v, f"{where}[{i}]", name) for i, v in enumerate(value))
+        if args[0] is ToolSpec:
+            specs = tuple(_tool_spec(v, f"{where}[{i}]", name) for i, v in enumerate(value))
+            names = [spec.name for spec in specs]
+            if len(set(names)) != len(names):
+                raise ProtocolError(f"{where}: tool names must be unique", field=name)
+            return specs
         return tuple(_check(v, args[0], f"{where}[{i}]", name) for i, v in enumerate(value))
     if hint is ChatMessage:
         return _chat_message(value, where, name)
@@ -566,4 +671,52 @@ def _chat_message(value: Any, where: str, name: str) -> ChatMessage:
     content = value.get("content")
     if not isinstance(content, str):
         raise ProtocolError(f"{where}.content must be a string", field=name)
-    return ChatMessage(role=role, content=content)
+    if role != "tool":
+        return ChatMessage(role=role, content=content)
+    call, tool, arguments = value.get("call"), value.get("name"), value.get("arguments", {})
+    if not isinstance(call, str) or not call or len(call) > MAX_NAME_CHARS:
+        raise ProtocolError(
+            f"{where}.call must be the tool call's id (1 to {MAX_NAME_CHARS} characters)",
+            field=name,
+        )
+    if not isinstance(tool, str) or not TOOL_NAME.fullmatch(tool):
+        raise ProtocolError(f"{where}.name must be a tool name ({TOOL_NAME.pattern})", field=name)
+    if not isinstance(arguments, dict):
+        raise ProtocolError(f"{where}.arguments must be an object", field=name)
+    _check_json(arguments, f"{where}.arguments", strings=False, depth=4)
+    return ChatMessage(role="tool", content=content, call=call, name=tool, arguments=arguments)
+
+
+def _pending_call(value: Any, where: str, name: str) -> PendingCall:
+    if not isinstance(value, dict):
+        raise ProtocolError(f"{where} must be an object with call, name, arguments", field=name)
+    call, tool, arguments = value.get("call"), value.get("name"), value.get("arguments")
+    if not isinstance(call, str) or not call or len(call) > MAX_NAME_CHARS:
+        raise ProtocolError(f"{where}.call must be the tool call's id", field=name)
+    if not isinstance(tool, str) or len(tool) > MAX_NAME_CHARS:
+        raise ProtocolError(f"{where}.name must be a string", field=name)
+    if not isinstance(arguments, dict):
+        raise ProtocolError(f"{where}.arguments must be an object", field=name)
+    _check_json(arguments, f"{where}.arguments", strings=False, depth=4)
+    return PendingCall(call=call, name=tool, arguments=arguments)
+
+
+def _tool_spec(value: Any, where: str, name: str) -> ToolSpec:
+    if not isinstance(value, dict):
+        raise ProtocolError(
+            f"{where} must be an object with name, description and parameters", field=name
+        )
+    tool, description = value.get("name"), value.get("description", "")
+    parameters = value.get("parameters")
+    if not isinstance(tool, str) or not TOOL_NAME.fullmatch(tool):
+        raise ProtocolError(f"{where}.name must be a tool name ({TOOL_NAME.pattern})", field=name)
+    if not isinstance(description, str):
+        raise ProtocolError(f"{where}.description must be a string", field=name)
+    if not isinstance(parameters, dict) or parameters.get("type") != "object":
+        raise ProtocolError(
+            f"{where}.parameters must be a JSON schema of an object "
+            '({"type": "object", "properties": ...})',
+            field=name,
+        )
+    _check_json(parameters, f"{where}.parameters", strings=False, depth=4)
+    return ToolSpec(name=tool, description=description, parameters=parameters)

@@ -14,6 +14,7 @@ link validation, and images are not loaded (they become links).
 from __future__ import annotations
 
 import html
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Final
@@ -125,6 +126,16 @@ class SavedCopy:
         if message.role == "user":
             # What the user typed is shown as typed, like the pane's own bubble.
             out = self._block("user", "You", html.escape(message.content), "")
+        elif message.role == "tool":
+            # A call and its result, folded; all of it escaped (the model wrote the
+            # arguments, the function the result).
+            arguments = json.dumps(message.tool_arguments or {}, ensure_ascii=False)
+            summary = html.escape(f"{message.tool_name}({arguments})")
+            body = (
+                f"<details><summary><code>{summary}</code></summary>"
+                f"<pre>{html.escape(message.content)}</pre></details>"
+            )
+            out = self._block("tool", "tool", body, html.escape(message.error or ""))
         else:
             body = (
                 self._md.render(message.content) if message.content else "<p><em>(no text)</em></p>"

@@ -16,6 +16,9 @@ Invariants kept here (and tested, including property-based tests):
 - A client keeps every start, stop, pause and resume it sent until an event answers
   it, and sends the unanswered ones again after a resume (a frame written just before
   a cut may never arrive); the gateway treats them as idempotent.
+- A tool call is a sequenced event like a delta (held while paused, after the text
+  held before it). Each call is answered once: a repeated ``tool_result`` (resent after
+  a resume) changes nothing, and a result for a call never made is refused.
 - When the log no longer reaches back to a resuming client's ``last_seq``, the gateway
   sends a ``snapshot`` of each reply that changed since then instead of the events, and
   the client takes the welcome's ``last_seq`` as its own: it still ends exact.
@@ -23,9 +26,10 @@ Invariants kept here (and tested, including property-based tests):
 
 from __future__ import annotations
 
+import json
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any, Final, Literal
 
@@ -38,6 +42,7 @@ from .protocol import (
     FinishReason,
     Pause,
     Paused,
+    PendingCall,
     Resume,
     Resumed,
     ServerFrame,
@@ -45,6 +50,8 @@ from .protocol import (
     Start,
     Started,
     Stop,
+    ToolCall,
+    ToolResult,
     Welcome,
 )
 
@@ -137,6 +144,11 @@ class ReplyProgress:
     # Generated while paused and not yet sent, as (kind, text); kind None is the answer.
     held: list[tuple[str | None, str]] = field(default_factory=list)
     held_done: Done | None = None  # the end, reached while paused
+    held_calls: list[ToolCall] = field(default_factory=list)  # made while paused (seq 0)
+    # Tool calls made, by id: whether each has its result.
+    calls: dict[str, bool] = field(default_factory=dict)
+    # Sent calls still waiting for their result (for a snapshot), by id.
+    waiting: dict[str, ToolCall] = field(default_factory=dict)
     last_seq: int = 0  # seq of this reply's latest event
     done: Done | None = None
     error: Error | None = None
@@ -162,6 +174,11 @@ class ReplyProgress:
             error=error.message if error else None,
             error_code=error.code if error else None,
             usage=done.usage if done else None,
+            calls=tuple(
+                PendingCall(call=c.call, name=c.name, arguments=c.arguments)
+                for c in self.waiting.values()
+            )
+            or None,
         )
 
 
@@ -219,8 +236,11 @@ class GatewaySession:
     # characters, the protocol sees to it): cheap, and close to its encoded size.
     def _emit(self, event: ServerFrame) -> ServerFrame:
         size = 64 + sum(
-            len(getattr(event, name, None) or "") for name in ("text", "reply", "model", "message")
+            len(getattr(event, name, None) or "")
+            for name in ("text", "reply", "model", "message", "call", "name")
         )
+        if isinstance(event, ToolCall):
+            size += len(json.dumps(event.arguments))
         self._log.append((event, size, self._clock() if self._clock else 0.0))
         self._log_bytes += size
         reply = getattr(event, "reply", None)
@@ -271,6 +291,41 @@ class GatewaySession:
             return []
         return [self._emit(Delta(seq=self._next_seq(), reply=reply, text=text, kind=kind))]
 
+    def tool_call(self, reply: str, call: str, name: str, arguments: JSON) -> list[ServerFrame]:
+        """Record a tool call the model made; returns its ``tool_call`` event unless the
+        reply is paused (then it is sent on resume, after the text held before it)."""
+        progress = self._get(reply)
+        if progress.state.finished:
+            raise SessionError(f"reply {reply!r} has already finished")
+        if call in progress.calls:
+            raise SessionError(f"reply {reply!r} already made tool call {call!r}")
+        progress.calls[call] = False
+        if progress.state is ReplyState.PAUSED:
+            progress.held_calls.append(
+                ToolCall(seq=0, reply=reply, call=call, name=name, arguments=arguments)
+            )
+            return []
+        event = ToolCall(
+            seq=self._next_seq(), reply=reply, call=call, name=name, arguments=arguments
+        )
+        progress.waiting[call] = event
+        return [self._emit(event)]
+
+    def tool_result(self, reply: str, call: str) -> bool:
+        """Take a client's result for ``call``: True the first time, False for a repeat
+        (or a reply that has ended, or was forgotten), which changes nothing. Raises
+        :class:`SessionError` for a call the reply never made."""
+        if reply in self._forgotten_set:
+            return False
+        progress = self._get(reply)
+        if call not in progress.calls:
+            raise SessionError(f"reply {reply!r} made no tool call {call!r}")
+        if progress.calls[call] or progress.state.finished:
+            return False
+        progress.calls[call] = True
+        progress.waiting.pop(call, None)
+        return True
+
     def pause(self, reply: str) -> list[ServerFrame]:
         progress = self._get(reply)
         if progress.state is ReplyState.PAUSED:
@@ -290,8 +345,11 @@ class GatewaySession:
             events += self.finish(reply, done.finish, usage=done.usage, timing=done.timing)
         return events
 
-    def _release_held(self, progress: ReplyProgress) -> list[ServerFrame]:
-        """One delta per run of held text of the same kind, in the order generated."""
+    def _release_held(self, progress: ReplyProgress, *, calls: bool = True) -> list[ServerFrame]:
+        """One delta per run of held text of the same kind, in the order generated,
+        then the held tool calls (``calls``; else they are dropped: the reply ends).
+        Nothing is generated after a call until its result, so this is the order."""
+        held_calls, progress.held_calls = progress.held_calls, []
         runs: list[tuple[str | None, list[str]]] = []
         for kind, text in progress.held:
             if runs and runs[-1][0] == kind:
@@ -299,7 +357,7 @@ class GatewaySession:
             else:
                 runs.append((kind, [text]))
         progress.held.clear()
-        return [
+        events: list[ServerFrame] = [
             self._emit(
                 Delta(
                     seq=self._next_seq(),
@@ -310,6 +368,11 @@ class GatewaySession:
             )
             for kind, parts in runs
         ]
+        for call in held_calls if calls else ():
+            released = replace(call, seq=self._next_seq())
+            progress.waiting[call.call] = released
+            events.append(self._emit(released))
+        return events
 
     def finish(
         self,
@@ -330,11 +393,12 @@ class GatewaySession:
                 seq=0, reply=reply, finish=finish, usage=usage, timing=timing or {}
             )
             return []
-        events = self._release_held(progress)
+        events = self._release_held(progress, calls=False)
         if progress.held_done is not None and usage is None:
             # Stopped while paused after the model had finished: keep what it reported.
             usage, timing = progress.held_done.usage, timing or progress.held_done.timing
         progress.held_done = None
+        progress.waiting.clear()
         progress.state = _STATE_BY_FINISH[finish]
         if error is not None:
             progress.error = Error(
@@ -412,7 +476,7 @@ class ClientSession:
 
     def sent(self, frame: ClientFrame) -> None:
         """Record a frame sent (or about to be); requests are kept until answered."""
-        if isinstance(frame, (Start, Stop, Pause, Resume)):
+        if isinstance(frame, (Start, Stop, Pause, Resume, ToolResult)):
             self._unanswered.append(frame)
 
     def unanswered(self) -> list[ClientFrame]:
@@ -426,16 +490,20 @@ class ClientSession:
 
     def _answered(self, frame: ServerFrame, reply: str) -> None:
         # Which requests an event answers: any event of a reply answers its start;
-        # paused answers pause, resumed answers resume, done answers everything.
+        # paused answers pause, resumed answers resume, done answers everything. A
+        # delta answers the tool results sent before it: nothing is generated after a
+        # tool call until every result of its round has arrived.
         answered: tuple[type[Any], ...] = (Start,)
-        if isinstance(frame, Paused):
+        if isinstance(frame, Delta):
+            answered = (Start, ToolResult)
+        elif isinstance(frame, Paused):
             answered = (Start, Pause)
         elif isinstance(frame, Resumed):
             answered = (Start, Resume)
         elif isinstance(frame, (Done, Snapshot)) and (
             not isinstance(frame, Snapshot) or frame.finish is not None
         ):
-            answered = (Start, Stop, Pause, Resume)
+            answered = (Start, Stop, Pause, Resume, ToolResult)
         self._unanswered = [
             f
             for f in self._unanswered

@@ -7,12 +7,21 @@ works without it until a DataFrame is asked for.
 from __future__ import annotations
 
 import ast
+import json
 import math
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Final
 
 from .context import render_message
-from .protocol import FINISH_REASONS, ROLES, ChatMessage, FinishReason, Role, lone_surrogate
+from .protocol import (
+    FINISH_REASONS,
+    ROLES,
+    TOOL_NAME,
+    ChatMessage,
+    FinishReason,
+    Role,
+    lone_surrogate,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -54,6 +63,9 @@ COLUMNS: Final = (
     "completion_tokens",
     "error",
     "reply_id",
+    "tool_name",
+    "tool_arguments",
+    "tool_call",
 )
 
 
@@ -63,7 +75,15 @@ class Message:
     client from the moment the request was sent: ``first_token_s`` (time to first
     token), ``duration_s`` (to the last event), ``chunks`` (deltas received). Time spent
     paused is left out of both and counted in ``paused_s``. A user message's
-    ``created_at`` is when it was sent; a reply's, when it started."""
+    ``created_at`` is when it was sent; a reply's, when it started.
+
+    A ``tool`` message is one tool call of a reply and its result: ``tool_name``,
+    ``tool_arguments`` (the JSON object the model gave), ``tool_call`` (the call's id),
+    ``content`` (the result as the model received it; ``{"error": ...}`` when the tool
+    raised, and then ``error`` too), ``duration_s`` (how long the tool ran) and
+    ``finish`` (``stop``, ``error``, or ``stopped`` when the reply ended before it
+    returned). It comes before its reply's assistant message, which holds all the
+    reply's text."""
 
     turn: int
     role: Role
@@ -84,6 +104,9 @@ class Message:
     # A user message's attachments ({name, kind, summary, text}, see nbchat.context):
     # the model receives them after the text, in this turn and with every later one.
     context: list[dict[str, str]] | None = None
+    tool_name: str | None = None
+    tool_arguments: dict[str, Any] | None = None
+    tool_call: str | None = None
 
     @property
     def sent_content(self) -> str:
@@ -108,13 +131,16 @@ class Message:
 
     @property
     def final(self) -> bool:
-        """Whether this message can still change (a reply in flight can)."""
-        return self.role != "assistant" or self.finish is not None
+        """Whether this message can still change (a reply or a tool call in flight can)."""
+        return self.role not in ("assistant", "tool") or self.finish is not None
 
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in _FIELDS}
         data["usage"] = dict(self.usage) if self.usage is not None else None
         data["context"] = [dict(a) for a in self.context] if self.context else None
+        data["tool_arguments"] = (
+            dict(self.tool_arguments) if self.tool_arguments is not None else None
+        )
         data["tokens_per_s"] = self.tokens_per_s
         return data
 
@@ -163,6 +189,32 @@ class Transcript:
         self.messages.append(message)
         return message
 
+    def add_tool(
+        self,
+        *,
+        call: str,
+        name: str,
+        arguments: dict[str, Any],
+        reply_id: str | None,
+        at: float,
+        before: Message | None = None,
+    ) -> Message:
+        """A tool call of a reply, placed before ``before`` (the reply's assistant
+        message, which grows after it), else at the end; its result comes later."""
+        message = Message(
+            turn=max(self.turns, 1),
+            role="tool",
+            content="",
+            created_at=at,
+            reply_id=reply_id,
+            tool_call=call,
+            tool_name=name,
+            tool_arguments=dict(arguments),
+        )
+        index = next((i for i, m in enumerate(self.messages) if m is before), len(self.messages))
+        self.messages.insert(index, message)
+        return message
+
     def history(self, max_chars: int | None = None) -> tuple[ChatMessage, ...]:
         """The messages to send with the next request: the system prompt, then every
         message with content. A stopped reply's partial text is kept; an empty failed
@@ -171,8 +223,9 @@ class Transcript:
 
         With ``max_chars``, the oldest turns are left out until the messages' content
         fits in that many characters; the system prompt and the newest message are
-        always sent."""
-        kept = [m for m in self.messages if m.content or m.role == "user"]
+        always sent. Tool messages go as they are (the call and its result); one whose
+        name no API accepts (a model's mistake) is left out."""
+        kept = [m for m in self.messages if _sent(m)]
         sent = [m.sent_content for m in kept]
         if max_chars is not None and kept:
             budget = max_chars - len(self.system or "")
@@ -187,7 +240,18 @@ class Transcript:
         out: list[ChatMessage] = []
         if self.system:
             out.append(ChatMessage(role="system", content=self.system))
-        out += [ChatMessage(role=m.role, content=text) for m, text in zip(kept, sent, strict=True)]
+        out += [
+            ChatMessage(
+                role="tool",
+                content=text,
+                call=m.tool_call,
+                name=m.tool_name,
+                arguments=m.tool_arguments or {},
+            )
+            if m.role == "tool"
+            else ChatMessage(role=m.role, content=text)
+            for m, text in zip(kept, sent, strict=True)
+        ]
         return tuple(out)
 
     def clear(self) -> None:
@@ -228,6 +292,13 @@ class Transcript:
         return frame
 
 
+def _sent(m: Message) -> bool:
+    """Whether a message goes in the history (see :meth:`Transcript.history`)."""
+    if m.role == "tool":
+        return bool(m.tool_call and TOOL_NAME.fullmatch(m.tool_name or ""))
+    return bool(m.content) or m.role == "user"
+
+
 def _record(message: Message) -> dict[str, Any]:
     data = message.to_dict()
     usage = message.usage or {}
@@ -254,6 +325,9 @@ _SAVED: Final[dict[str, tuple[type, ...]]] = {
     "reply_id": (str,),
     "reasoning": (str,),
     "context": (list,),
+    "tool_name": (str,),
+    "tool_arguments": (dict,),
+    "tool_call": (str,),
 }
 # An attachment's fields (nbchat.context.Attachment); summary is optional.
 _ATTACHMENT_FIELDS: Final = ("name", "kind", "text")
@@ -330,11 +404,19 @@ def _message_from(item: Any, where: str) -> Message:
                 raise ValueError(f"{where}: usage must map names to whole numbers")
     fields_["context"] = _context_from(fields_["context"], where)
     texts = [content, fields_["model"], fields_["error"], fields_["reasoning"]]
+    texts += [fields_["tool_name"], fields_["tool_call"]]
     texts += [v for a in fields_["context"] or () for v in a.values()]
     for text in texts:
         if isinstance(text, str) and lone_surrogate(text) is not None:
             raise ValueError(f"{where}: text contains a lone surrogate")
-    if role == "assistant" and fields_["finish"] is None:
+    if role == "tool" and not (fields_["tool_name"] and fields_["tool_call"]):
+        raise ValueError(f"{where}: a tool message needs tool_name and tool_call")
+    if fields_["tool_arguments"] is not None:
+        try:
+            json.dumps(fields_["tool_arguments"], allow_nan=False)
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}: tool_arguments must be a JSON object") from None
+    if role in ("assistant", "tool") and fields_["finish"] is None:
         fields_["finish"] = "stopped"  # saved mid-reply: it can only have stopped there
     return Message(
         turn=fields_.pop("turn") or 0,
@@ -382,6 +464,7 @@ def transcript_from_records(records: list[dict[str, Any]], system: str | None = 
         item.update(role=data.get("role"), content="" if content is None else content)
         item["usage"] = usage or None
         item["context"] = _context_cell(data.get("context"), f"row {i}")
+        item["tool_arguments"] = _arguments_cell(data.get("tool_arguments"), f"row {i}")
         message = _message_from(item, f"row {i}")
         turn += message.role == "user"
         message.turn = max(turn, 1)
@@ -402,6 +485,23 @@ def _context_cell(value: Any, where: str) -> Any:
     return value
 
 
+def _arguments_cell(value: Any, where: str) -> Any:
+    """A DataFrame's tool_arguments cell: an object, or that object as JSON or Python
+    literal text (as CSV writes it); empty or missing is none."""
+    if not isinstance(value, str):
+        return value
+    if not value.strip():
+        return None
+    try:
+        return json.loads(value)
+    except ValueError:
+        pass
+    try:
+        return ast.literal_eval(value)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        raise ValueError(f"{where}: tool_arguments must be a JSON object") from None
+
+
 def transcript_to_markdown(transcript: Transcript) -> str:
     """The conversation as Markdown: each message under its author (You, or the model),
     and after each reply a footer line with how it ended and its timing."""
@@ -417,10 +517,26 @@ def transcript_to_markdown(transcript: Transcript) -> str:
         if m.role == "system":
             parts.append(f"**System:** {m.content}")
             continue
+        if m.role == "tool":
+            arguments = json.dumps(m.tool_arguments or {}, ensure_ascii=False)
+            fence = "`" * max(3, _longest_run(m.content, "`") + 1)
+            parts.append(
+                f"**Tool** `{m.tool_name}` called with `{arguments}`\n\n"
+                f"{fence}\n{m.content}\n{fence}"
+            )
+            continue
         content = _fences_closed(m.content) if m.content else "*(no text)*"
         parts.append(f"**{m.model or 'assistant'}**\n\n{content}")
         parts.append("*" + footer_line(m) + "*")
     return "\n\n".join(parts) + "\n"
+
+
+def _longest_run(text: str, char: str) -> int:
+    longest = run = 0
+    for c in text:
+        run = run + 1 if c == char else 0
+        longest = max(longest, run)
+    return longest
 
 
 def _attached(item: dict[str, str]) -> str:

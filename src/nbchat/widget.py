@@ -12,8 +12,9 @@ import json
 import logging
 import os
 import uuid
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anywidget
 import traitlets
@@ -28,6 +29,7 @@ from .local_models import MODELS, REMOTE_GATEWAY_MESSAGE, ModelFunction
 from .pane import StreamBatcher, TranscriptSync, parse_command
 from .reply import Reply
 from .saved_copy import SavedCopy, view_note
+from .tools import Tool, make_tool
 from .transcript import (
     Transcript,
     transcript_from_json,
@@ -42,6 +44,8 @@ if TYPE_CHECKING:
 __all__ = ["Chat"]
 
 log = logging.getLogger("nbchat")
+
+_Fn = TypeVar("_Fn", bound=Callable[..., Any])
 
 # How often, at most, the saved copy in the notebook is rewritten (it is resent whole).
 SAVED_COPY_INTERVAL_S = 1.0
@@ -78,7 +82,8 @@ class Chat(anywidget.AnyWidget):
     token by token; Stop, Pause and Resume work from the pane and from code.
 
     Chat(url=None, model=None, system=None, token=None, *, backoff=None,
-         heartbeat_s=10, max_history_chars=None, conversation=None, **params)
+         heartbeat_s=10, max_history_chars=None, conversation=None, tools=None,
+         **params)
 
         url: a gateway started with ``nbchat serve`` ("ws://host:8765/v1/chat"); None
             starts one in this process, with the offline ``demo`` model.
@@ -93,6 +98,7 @@ class Chat(anywidget.AnyWidget):
             keeps everything).
         conversation: a name: the conversation is kept on disk as it is made, and
             ``Chat(conversation=name)`` later (after a restart) continues it.
+        tools: Python functions the model may call (see ``tool``).
         **params: request params sent with every message (``temperature``,
             ``max_tokens``, ``tokens_per_s`` for the demo model, ...).
 
@@ -104,6 +110,16 @@ class Chat(anywidget.AnyWidget):
         reply: the reply streaming now (or the next queued one), or None.
         stop(), pause(), resume(): act on the reply in flight, like the buttons.
         clear(): stop, and start a fresh transcript.
+        tool(fn, confirm=False), or ``@chat.tool`` on a function: the model may call
+            it; it runs in this kernel (on a thread of its own; an async one on the
+            client loop) with the arguments the model gives, checked against its type
+            hints. Its schema comes from the signature and type hints, its
+            description from the docstring's first paragraph. What it raises is
+            given to the model as an error result. At most 8 tool rounds per reply.
+            ``confirm=True`` asks in the pane before each run.
+        answer_tool(call, run=True): answer a ``confirm=True`` tool's question from
+            code (the pane's Run / Don't run).
+        tools: the functions the model may call, by name (read-only).
         reconnect(): try to reach the gateway again now (the pane's Retry).
         close(): stop and close; ``with Chat() as chat:`` does it at the end.
 
@@ -123,7 +139,8 @@ class Chat(anywidget.AnyWidget):
         error: what is wrong, in plain words, or "".
         models: the models the gateway offers; model: the one used next (assigning a
             function makes it the model, and ``model`` reads its name).
-        active: the reply in flight as {reply, status, model}, or {}.
+        active: the reply in flight as {reply, status, model}, or {}; with
+            ``asking``, the ids of its tool calls waiting for your answer.
         chat_id: identifies this chat to its pane.
 
     See the README for the limits, the reliability guarantees and real providers.
@@ -158,8 +175,14 @@ class Chat(anywidget.AnyWidget):
         heartbeat_s: float = DEFAULT_HEARTBEAT_S,
         max_history_chars: int | None = None,
         conversation: str | None = None,
+        tools: Iterable[Callable[..., Any]] | None = None,
         **params: Any,
     ) -> None:
+        # Checked first: a function that cannot be a tool is an error before anything
+        # starts. The Conversation shares this dict, so later @chat.tool adds to it.
+        self._tools: dict[str, Tool] = {}
+        for fn in tools or ():
+            self._add_tool(fn, confirm=False)
         if callable(model):
             # Named first (the recorder stores the name); served in this kernel only.
             if url is not None:
@@ -196,6 +219,7 @@ class Chat(anywidget.AnyWidget):
                 backoff=backoff,
                 heartbeat_s=heartbeat_s,
                 max_history_chars=max_history_chars,
+                tools=self._tools,
             )
         except BaseException:
             if recorder is not None:
@@ -253,6 +277,8 @@ class Chat(anywidget.AnyWidget):
                 self._bridge.send_snapshot()
             elif command.type == "reconnect":
                 self.reconnect()
+            elif command.type == "tool_answer":
+                self.answer_tool(command.call, command.run)
         except (ValueError, RuntimeError) as exc:
             self.error = str(exc)
 
@@ -280,6 +306,37 @@ class Chat(anywidget.AnyWidget):
         namespace, hidden = _user_namespace()
         attachments = gather(text, context, namespace, hidden)
         return self._conversation.send(text, context=attachments or None, **params)
+
+    def tool(self, fn: _Fn | None = None, *, confirm: bool = False) -> Any:
+        """Let the model call ``fn``: ``@chat.tool``, ``@chat.tool(confirm=False)`` or
+        ``chat.tool(fn)``; returns ``fn`` unchanged. A function of the same name
+        replaces the one before. The model sees its name, the first paragraph of its
+        docstring and a JSON schema of its parameters (from the type hints); a call
+        runs here, in the kernel, with the model's arguments checked against them.
+        Raises ``ValueError`` for a function that cannot be a tool (a name model APIs
+        refuse, a parameter type with no JSON schema). With ``confirm=True`` each call
+        waits until you answer in the pane (Run / Don't run) or with
+        :meth:`answer_tool`; a call you decline tells the model so.
+        """
+        if fn is None:
+            return lambda f: self.tool(f, confirm=confirm)
+        self._add_tool(fn, confirm=confirm)
+        return fn
+
+    def _add_tool(self, fn: Callable[..., Any], *, confirm: bool) -> None:
+        tool = make_tool(fn, confirm=confirm)
+        self._tools[tool.name] = tool
+
+    def answer_tool(self, call: str, run: bool = True) -> None:
+        """Answer a call of a ``confirm=True`` tool, as the pane's Run / Don't run
+        buttons do: ``call`` is its id (``active["asking"]`` lists the waiting ones,
+        and the transcript's ``tool_call`` column names each call)."""
+        self._conversation.answer_tool(call, run)
+
+    @property
+    def tools(self) -> dict[str, Tool]:
+        """The functions the model may call, by name (a copy)."""
+        return dict(self._tools)
 
     @property
     def messages(self) -> list[dict[str, Any]]:
@@ -571,8 +628,17 @@ class _TraitBridge(ConversationListener):
             self._flush()
             self._set_active(reply)
 
+    def on_tool_asking(self, reply: Reply) -> None:
+        if not reply.finished:
+            self._set_active(reply)
+
     def _set_active(self, reply: Reply) -> None:
-        self.chat.active = {"reply": reply.id, "status": reply.status, "model": reply.model}
+        active: dict[str, Any] = {"reply": reply.id, "status": reply.status, "model": reply.model}
+        conversation = getattr(self.chat, "_conversation", None)
+        asking = conversation.asking if conversation is not None else []
+        if asking:
+            active["asking"] = asking
+        self.chat.active = active
 
     def send_snapshot(self) -> None:
         self.chat._push(self.transcript.snapshot())

@@ -28,6 +28,12 @@ class GatewayLimits:
     # Frames waiting for a client that does not read; more: it is detached (close
     # 1008) and catches up from the log when it resumes.
     send_queue_bytes: int = 4 * 1024 * 1024
+    # Tool rounds (a model's calls, then their results) one reply may take; one more
+    # ends it with tool_error naming this bound.
+    tool_rounds: int = 8
+    # How long the gateway waits for the results of a round of tool calls (the tool
+    # runs in the client's kernel): then the reply ends with tool_error.
+    tool_result_s: float = 600.0
 
 
 class FrameRate:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -30,6 +31,7 @@ from .. import __version__
 from ..local_models import LocalModels
 from ..protocol import (
     CLOSE_TAKEN_OVER,
+    ChatMessage,
     ClientFrame,
     Error,
     Hello,
@@ -41,6 +43,7 @@ from ..protocol import (
     ServerFrame,
     Start,
     Stop,
+    ToolResult,
     Welcome,
     decode_client,
     encode,
@@ -57,6 +60,8 @@ from .providers import (
     ReasoningChunk,
     Request,
     TextChunk,
+    ToolCalls,
+    ToolUse,
 )
 from .providers.callable import CallableProvider
 
@@ -130,6 +135,18 @@ def _reply_named_in(message: str | bytes) -> str | None:
     return reply if isinstance(reply, str) else None
 
 
+def _added(total: dict[str, Any] | None, more: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Token usage of a reply's rounds, summed: counts add up, the rest is the last."""
+    if total is None or more is None:
+        return more if total is None else total
+    out = {**total, **more}
+    for key, value in more.items():
+        old = total.get(key)
+        if isinstance(value, int) and isinstance(old, int):
+            out[key] = old + value
+    return out
+
+
 def _decode(message: str | bytes) -> ClientFrame | ProtocolError:
     try:
         return decode_client(message)
@@ -153,6 +170,8 @@ class LiveSession:
         self.connection: GatewayConnection | None = None
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.stopping: set[str] = set()  # replies cancelled by the user's stop
+        # Tool calls waiting for the client's result, by (reply, call).
+        self.results: dict[tuple[str, str], asyncio.Future[ToolResult]] = {}
         self.last_active = now  # when a client was last attached or a reply ran
 
     def idle(self) -> bool:
@@ -373,7 +392,9 @@ class Gateway:
         if error is not None or route is None:
             live.emit(live.state.finish(frame.reply, "error", error=error))
             return
-        request = Request(messages=frame.messages, model=route.upstream, params=params)
+        request = Request(
+            messages=frame.messages, model=route.upstream, params=params, tools=frame.tools or ()
+        )
         task = asyncio.create_task(self._generate(live, frame.reply, route.provider, request))
         live.tasks[frame.reply] = task
         task.add_done_callback(lambda _: live.tasks.pop(frame.reply, None))
@@ -423,21 +444,49 @@ class Gateway:
             return {**timing, "duration_s": round(loop.time() - began, 6)}
 
         try:
-            async for item in provider.stream(request):
-                if isinstance(item, (TextChunk, ReasoningChunk)):
-                    timing.setdefault("first_token_s", round(loop.time() - began, 6))
-                    # Provider text is outside input: made sendable, never refused.
-                    text = valid_unicode(item.text)
-                    if isinstance(item, ReasoningChunk):
-                        live.emit(live.state.delta(reply, text, "reasoning"))
-                    else:
-                        live.emit(live.state.delta(reply, text))
-                elif isinstance(item, Finish):
-                    live.emit(
-                        live.state.finish(reply, item.reason, usage=item.usage, timing=elapsed())
-                    )
+            messages, rounds, usage = request.messages, 0, None
+            spoke = False  # text was sent: a later round's text starts a new paragraph
+            while True:
+                said: list[str] = []
+                gap = spoke  # set after a round of tools that came after some text
+                uses: tuple[ToolUse, ...] = ()
+                finish: Finish | None = None
+                async for item in provider.stream(dataclasses.replace(request, messages=messages)):
+                    if isinstance(item, (TextChunk, ReasoningChunk)):
+                        timing.setdefault("first_token_s", round(loop.time() - began, 6))
+                        # Provider text is outside input: made sendable, never refused.
+                        text = valid_unicode(item.text)
+                        if isinstance(item, ReasoningChunk):
+                            live.emit(live.state.delta(reply, text, "reasoning"))
+                        else:
+                            said.append(text)
+                            if gap and text:
+                                text, gap = "\n\n" + text, False
+                            spoke = spoke or bool(text)
+                            live.emit(live.state.delta(reply, text))
+                    elif isinstance(item, ToolCalls):
+                        uses = item.calls
+                    elif isinstance(item, Finish):
+                        finish = item  # the last item: the stream ends after it
+                if finish is None:
+                    raise ProviderError("upstream_error", "the provider ended without finishing")
+                usage = _added(usage, finish.usage)
+                if not uses:
+                    end = live.state.finish(reply, finish.reason, usage=usage, timing=elapsed())
+                    live.emit(end)
                     return
-            raise ProviderError("upstream_error", "the provider ended without finishing")
+                rounds += 1
+                bound = self.limits.tool_rounds
+                if rounds > bound:
+                    raise ProviderError(
+                        "tool_error",
+                        f"the model asked for tools again after {bound} rounds of them in this "
+                        f"reply; a reply takes at most {bound} tool rounds (the gateway's "
+                        "tool_rounds bound)",
+                    )
+                results = await self._tool_round(live, reply, uses)
+                # The round's text (maybe none) is the message its calls belong to.
+                messages = (*messages, ChatMessage("assistant", "".join(said)), *results)
         except asyncio.CancelledError:
             # The partial text stays either way; only the user's stop is a "stopped".
             if reply in live.stopping:
@@ -459,6 +508,59 @@ class Gateway:
                 message=valid_unicode(f"the provider failed: {type(exc).__name__}: {exc}"),
             )
             live.emit(live.state.finish(reply, "error", timing=elapsed(), error=error))
+
+    async def _tool_round(
+        self, live: LiveSession, reply: str, uses: tuple[ToolUse, ...]
+    ) -> list[ChatMessage]:
+        """Send a round of tool calls to the client and wait (bounded) for every result;
+        the results as ``tool`` messages, in the order of the calls. Arguments that are
+        not a JSON object are answered here with an error, without the client."""
+        loop = asyncio.get_running_loop()
+        answers: dict[str, str] = {}
+        waiting: dict[str, asyncio.Future[ToolResult]] = {}
+        try:
+            for use in uses:
+                if use.arguments is None:
+                    answers[use.id] = json.dumps(
+                        {"error": f"the arguments are not a JSON object: {use.raw[:200]}"}
+                    )
+                    continue
+                waiting[use.id] = live.results[(reply, use.id)] = loop.create_future()
+                live.emit(
+                    live.state.tool_call(reply, use.id, valid_unicode(use.name), use.arguments)
+                )
+            if waiting:
+                bound = self.limits.tool_result_s
+                _, late = await asyncio.wait(waiting.values(), timeout=bound)
+                if late:
+                    names = ", ".join(sorted({u.name for u in uses if waiting.get(u.id) in late}))
+                    raise ProviderError(
+                        "tool_error",
+                        f"no result for the call of {names} within {bound:g} s (the client "
+                        "went away, or the tool is still running); the reply ends here",
+                    )
+        finally:
+            for call, future in waiting.items():
+                live.results.pop((reply, call), None)
+                future.cancel()  # a result that comes later has nowhere to go
+        for call, future in waiting.items():
+            result = future.result()
+            answers[call] = (
+                result.content if result.error is None else json.dumps({"error": result.error})
+            )
+        return [
+            ChatMessage("tool", answers[u.id], call=u.id, name=u.name, arguments=u.arguments or {})
+            for u in uses
+        ]
+
+    def tool_result(self, live: LiveSession, frame: ToolResult) -> None:
+        """A client's result for a tool call; a repeat (resent after a resume) is
+        ignored, a result for a call never made is refused (``SessionError``)."""
+        if not live.state.tool_result(frame.reply, frame.call):
+            return
+        future = live.results.get((frame.reply, frame.call))
+        if future is not None and not future.done():
+            future.set_result(frame)
 
     def stop_reply(self, live: LiveSession, reply: str) -> None:
         if reply not in live.state.replies:
@@ -654,6 +756,8 @@ class GatewayConnection:
             live.emit(live.state.pause(frame.reply))
         elif isinstance(frame, Resume):
             live.emit(live.state.resume(frame.reply))
+        elif isinstance(frame, ToolResult):
+            self.gateway.tool_result(live, frame)
 
     def _hello(self, frame: Hello) -> None:
         if self.live is not None:

@@ -1,6 +1,15 @@
 """Providers: the things behind the gateway that generate replies."""
 
-from .base import Finish, Provider, ProviderError, ReasoningChunk, Request, TextChunk
+from .base import (
+    Finish,
+    Provider,
+    ProviderError,
+    ReasoningChunk,
+    Request,
+    TextChunk,
+    ToolCalls,
+    ToolUse,
+)
 from .demo import DemoProvider
 
 __all__ = [
@@ -11,4 +20,6 @@ __all__ = [
     "ReasoningChunk",
     "Request",
     "TextChunk",
+    "ToolCalls",
+    "ToolUse",
 ]

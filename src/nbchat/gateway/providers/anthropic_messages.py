@@ -3,18 +3,27 @@
 The second real protocol behind the same provider interface: named SSE events instead
 of chunks, the system prompt apart from the messages, ``max_tokens`` required, and
 ``thinking`` blocks that come out as :class:`ReasoningChunk`.
+
+Tools go in the request's ``tools`` (``input_schema``); a ``tool_use`` content block
+(its id and name at ``content_block_start``, its input as ``input_json_delta``
+fragments) becomes a call of one :class:`ToolCalls`. The history's ``tool`` messages
+become ``tool_use`` blocks of the assistant message before them and one user message
+of ``tool_result`` blocks (``is_error`` for a tool that raised). Thinking blocks are not
+kept, so extended thinking together with tools is not supported (the API wants the
+round's thinking block back with its results).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import json
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, cast
 
 import anthropic
 from anthropic import AsyncAnthropic
 from anthropic.types import MessageParam
 
-from ...protocol import FinishReason
+from ...protocol import ChatMessage, FinishReason
 from .base import (
     Finish,
     FirstTokenDeadline,
@@ -23,12 +32,14 @@ from .base import (
     Request,
     SDKProvider,
     TextChunk,
+    ToolCalls,
+    ToolUse,
     check_params,
     open_with_retries,
     sdk_error,
 )
 
-__all__ = ["AnthropicProvider"]
+__all__ = ["AnthropicProvider", "anthropic_messages"]
 
 DEFAULT_MAX_TOKENS = 1024  # the API requires one
 PASSED_PARAMS = ("temperature", "top_p", "top_k", "max_tokens", "stop", "thinking")
@@ -49,15 +60,18 @@ class AnthropicProvider(SDKProvider):
         # The SDK's own retries are off: this provider decides what is retried.
         self._client = AsyncAnthropic(api_key=api_key or "none", base_url=base_url, max_retries=0)
 
-    async def stream(self, request: Request) -> AsyncIterator[TextChunk | ReasoningChunk | Finish]:
+    async def stream(
+        self, request: Request
+    ) -> AsyncIterator[TextChunk | ReasoningChunk | ToolCalls | Finish]:
         check_params(request.params, PASSED_PARAMS, self.label)
         params = dict(request.params)
         if "stop" in params:  # the common name, in Anthropic's spelling
             stop = params.pop("stop")
             params["stop_sequences"] = [stop] if isinstance(stop, str) else stop
-        system = "\n\n".join(m.content for m in request.messages if m.role == "system")
-        messages = [
-            {"role": m.role, "content": m.content} for m in request.messages if m.role != "system"
+        system, messages = anthropic_messages(request.messages)
+        tools = [
+            {"name": t.name, "description": t.description, "input_schema": t.parameters}
+            for t in request.tools
         ]
         try:
             stream = await open_with_retries(
@@ -67,6 +81,7 @@ class AnthropicProvider(SDKProvider):
                     messages=cast("list[MessageParam]", messages),
                     stream=True,
                     system=system or anthropic.omit,
+                    tools=cast("Any", tools) or anthropic.omit,
                     extra_body=params or None,
                 ),
                 retries=self.connect_retries,
@@ -77,11 +92,17 @@ class AnthropicProvider(SDKProvider):
         finish: FinishReason = "stop"
         finished = False  # a complete stream ends with message_stop
         usage: dict[str, Any] = {}
+        calls: dict[int, dict[str, Any]] = {}  # tool_use blocks by index: id, name, input
         events = FirstTokenDeadline(stream.__aiter__(), self.first_token_timeout_s, self.label)
         try:
             async for event in events:
                 if event.type == "message_start":
                     usage["prompt_tokens"] = event.message.usage.input_tokens
+                elif event.type == "content_block_start":
+                    block = event.content_block
+                    if block.type == "tool_use":
+                        events.got_token()
+                        calls[event.index] = {"id": block.id, "name": block.name, "json": []}
                 elif event.type == "content_block_delta":
                     if event.delta.type == "text_delta":
                         events.got_token()
@@ -89,6 +110,8 @@ class AnthropicProvider(SDKProvider):
                     elif event.delta.type == "thinking_delta":
                         events.got_token()
                         yield ReasoningChunk(event.delta.thinking)
+                    elif event.delta.type == "input_json_delta" and event.index in calls:
+                        calls[event.index]["json"].append(event.delta.partial_json)
                 elif event.type == "message_stop":
                     finished = True
                 elif event.type == "message_delta":
@@ -109,8 +132,73 @@ class AnthropicProvider(SDKProvider):
             )
         if "prompt_tokens" in usage and "completion_tokens" in usage:
             usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        if calls:
+            yield ToolCalls(tuple(_tool_use(calls[i]) for i in sorted(calls)))
         yield Finish(finish, usage=usage or None)
 
     def _error(self, exc: anthropic.APIError) -> ProviderError:
         where = self.base_url or "the Anthropic API"
         return sdk_error(exc, anthropic, label=self.label, where=where, secrets=self._secrets)
+
+
+def _tool_use(call: dict[str, Any]) -> ToolUse:
+    raw = "".join(call["json"])
+    try:
+        arguments = json.loads(raw) if raw.strip() else {}  # no fragments: no input
+    except ValueError:
+        arguments = None
+    return ToolUse(
+        id=call["id"],
+        name=call["name"],
+        arguments=arguments if isinstance(arguments, dict) else None,
+        raw=raw,
+    )
+
+
+def _is_error(content: str) -> bool:
+    """Whether a tool message holds an error result (``{"error": ...}``)."""
+    if not content.startswith('{"error"'):
+        return False
+    try:
+        data = json.loads(content)
+    except ValueError:
+        return False
+    return isinstance(data, dict) and set(data) == {"error"}
+
+
+def anthropic_messages(messages: Sequence[ChatMessage]) -> tuple[str, list[dict[str, Any]]]:
+    """The system prompt and the messages in the Messages API format: each run of
+    ``tool`` messages becomes ``tool_use`` blocks of the assistant message just before
+    it (a new one when there is none; an empty text is left out, as the API refuses
+    empty text blocks), then one user message of ``tool_result`` blocks."""
+    system = "\n\n".join(m.content for m in messages if m.role == "system")
+    rest = [m for m in messages if m.role != "system"]
+    out: list[dict[str, Any]] = []
+    i = 0
+    while i < len(rest):
+        m = rest[i]
+        if m.role != "tool":
+            out.append({"role": m.role, "content": m.content})
+            i += 1
+            continue
+        run = []
+        while i < len(rest) and rest[i].role == "tool":
+            run.append(rest[i])
+            i += 1
+        last = out[-1] if out else None
+        if last is None or last["role"] != "assistant" or not isinstance(last["content"], str):
+            last = {"role": "assistant", "content": ""}
+            out.append(last)
+        text = last["content"]
+        last["content"] = [{"type": "text", "text": text}] if text else []
+        last["content"] += [
+            {"type": "tool_use", "id": t.call, "name": t.name, "input": t.arguments or {}}
+            for t in run
+        ]
+        results = [
+            {"type": "tool_result", "tool_use_id": t.call, "content": t.content}
+            | ({"is_error": True} if _is_error(t.content) else {})
+            for t in run
+        ]
+        out.append({"role": "user", "content": results})
+    return system, out

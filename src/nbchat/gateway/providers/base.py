@@ -1,9 +1,12 @@
 """The provider interface: what the gateway needs from anything that generates replies.
 
-A provider turns a request (history, upstream model name, params) into an async stream of
-text chunks, ending with a :class:`Finish`. The gateway cancels the stream's task to stop
-it, so a provider must release its upstream request when cancelled (closing an HTTP
-response does that). Failures are raised as :class:`ProviderError` with a protocol code.
+A provider turns a request (history, upstream model name, params, tools) into an async
+stream of text chunks, ending with a :class:`Finish`; a provider that supports tools
+yields :class:`ToolCalls` before the finish when the model calls them, and the gateway
+then sends a new request with the calls and their results appended (``tool`` messages).
+The gateway cancels the stream's task to stop it, so a provider must release its
+upstream request when cancelled (closing an HTTP response does that). Failures are
+raised as :class:`ProviderError` with a protocol code.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from types import ModuleType
 from typing import Any, Protocol, runtime_checkable
 
 from ...backoff import Backoff
-from ...protocol import ChatMessage, FinishReason
+from ...protocol import ChatMessage, FinishReason, ToolSpec
 
 __all__ = [
     "Finish",
@@ -28,6 +31,8 @@ __all__ = [
     "Request",
     "SDKProvider",
     "TextChunk",
+    "ToolCalls",
+    "ToolUse",
     "check_params",
     "connection_failure",
     "first_item_within",
@@ -45,6 +50,26 @@ class Request:
     messages: tuple[ChatMessage, ...]
     model: str  # the provider's own name for the model
     params: dict[str, Any] = field(default_factory=dict)
+    tools: tuple[ToolSpec, ...] = ()  # what the model may call (providers may ignore them)
+
+
+@dataclass(frozen=True)
+class ToolUse:
+    """One tool call as the model made it. ``arguments`` is None when what it sent is
+    not a JSON object (``raw`` holds it): the gateway answers it with an error."""
+
+    id: str
+    name: str
+    arguments: dict[str, Any] | None
+    raw: str = ""
+
+
+@dataclass(frozen=True)
+class ToolCalls:
+    """The model calls these tools (one round) and waits for their results; yielded
+    before the round's :class:`Finish`, which the gateway then does not send."""
+
+    calls: tuple[ToolUse, ...]
 
 
 @dataclass(frozen=True)
@@ -85,8 +110,11 @@ class Provider(Protocol):
         """Model names this provider serves (as the provider knows them)."""
         ...
 
-    def stream(self, request: Request) -> AsyncIterator[TextChunk | ReasoningChunk | Finish]:
-        """Yield text (and reasoning) chunks, then exactly one :class:`Finish`."""
+    def stream(
+        self, request: Request
+    ) -> AsyncIterator[TextChunk | ReasoningChunk | ToolCalls | Finish]:
+        """Yield text (and reasoning) chunks, maybe one :class:`ToolCalls`, then exactly
+        one :class:`Finish`."""
         ...
 
 

@@ -6,18 +6,24 @@ Reasoning that some servers stream apart from the answer (DeepSeek's
 ``reasoning_content``; ``reasoning`` on OpenRouter, vLLM and Ollama) comes out as
 :class:`ReasoningChunk`. Connection failures before the first token are retried with
 backoff a bounded number of times; after the first token nothing is retried.
+
+Tools go in the request's ``tools`` (``type: function``); the streamed ``tool_calls``
+deltas (an index, then the id and name, then fragments of the arguments) are assembled
+into one :class:`ToolCalls`. The history's ``tool`` messages become an assistant message
+with ``tool_calls`` and one ``role: tool`` message per result, as the API documents.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import json
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, cast
 
 import openai
 from openai import AsyncOpenAI
 from openai.types.chat import ChatCompletionMessageParam
 
-from ...protocol import FinishReason
+from ...protocol import ChatMessage, FinishReason
 from .base import (
     Finish,
     FirstTokenDeadline,
@@ -26,12 +32,14 @@ from .base import (
     Request,
     SDKProvider,
     TextChunk,
+    ToolCalls,
+    ToolUse,
     check_params,
     open_with_retries,
     sdk_error,
 )
 
-__all__ = ["OpenAICompatProvider"]
+__all__ = ["OpenAICompatProvider", "openai_messages"]
 
 # Params passed through to the server as they are; others are refused.
 PASSED_PARAMS = (
@@ -74,12 +82,15 @@ class OpenAICompatProvider(SDKProvider):
             raise self._error(exc) from None
         return [model.id for model in page.data]
 
-    async def stream(self, request: Request) -> AsyncIterator[TextChunk | ReasoningChunk | Finish]:
+    async def stream(
+        self, request: Request
+    ) -> AsyncIterator[TextChunk | ReasoningChunk | ToolCalls | Finish]:
         check_params(request.params, PASSED_PARAMS, self.label)
         stream = await self._open(request)
         finish: FinishReason = "stop"
         finished = False  # a complete stream always names a finish_reason
         usage: dict[str, Any] | None = None
+        calls: dict[int, dict[str, Any]] = {}  # by index: id, name, argument fragments
         chunks = FirstTokenDeadline(stream.__aiter__(), self.first_token_timeout_s, self.label)
         try:
             async for chunk in chunks:
@@ -95,6 +106,13 @@ class OpenAICompatProvider(SDKProvider):
                     if delta.content:
                         chunks.got_token()
                         yield TextChunk(delta.content)
+                    for part in delta.tool_calls or ():
+                        chunks.got_token()
+                        call = calls.setdefault(part.index, {"id": "", "name": "", "args": []})
+                        call["id"] = part.id or call["id"]
+                        if part.function is not None:
+                            call["name"] = part.function.name or call["name"]
+                            call["args"].append(part.function.arguments or "")
                     if choice.finish_reason is not None:
                         finished = True
                     if choice.finish_reason == "length":
@@ -114,10 +132,25 @@ class OpenAICompatProvider(SDKProvider):
             raise ProviderError(
                 "upstream_error", f"{self.label}'s stream ended before the reply was complete"
             )
+        if calls:
+            yield ToolCalls(tuple(_tool_use(i, calls[i]) for i in sorted(calls)))
         yield Finish(finish, usage=usage)
 
     async def _open(self, request: Request) -> Any:
-        messages = [{"role": m.role, "content": m.content} for m in request.messages]
+        messages = openai_messages(request.messages)
+        extra: dict[str, Any] = {}
+        if request.tools:
+            extra["tools"] = [
+                {
+                    "type": "function",
+                    "function": {
+                        "name": t.name,
+                        "description": t.description,
+                        "parameters": t.parameters,
+                    },
+                }
+                for t in request.tools
+            ]
         try:
             return await open_with_retries(
                 lambda: self._client.chat.completions.create(
@@ -127,6 +160,7 @@ class OpenAICompatProvider(SDKProvider):
                     stream_options={"include_usage": True},
                     # Passed through as they are, into the request body.
                     extra_body=dict(request.params) or None,
+                    **extra,
                 ),
                 retries=self.connect_retries,
                 is_connection_error=lambda e: isinstance(e, openai.APIConnectionError),
@@ -136,3 +170,50 @@ class OpenAICompatProvider(SDKProvider):
 
     def _error(self, exc: openai.APIError) -> ProviderError:
         return sdk_error(exc, openai, label=self.label, where=self.where, secrets=self._secrets)
+
+
+def _tool_use(index: int, call: dict[str, Any]) -> ToolUse:
+    raw = "".join(call["args"])
+    try:
+        arguments = json.loads(raw) if raw.strip() else {}
+    except ValueError:
+        arguments = None
+    return ToolUse(
+        id=call["id"] or f"call_{index}",
+        name=call["name"],
+        arguments=arguments if isinstance(arguments, dict) else None,
+        raw=raw,
+    )
+
+
+def openai_messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
+    """The history in the Chat Completions format: each run of ``tool`` messages
+    becomes the ``tool_calls`` of the assistant message just before it (a new one when
+    there is none), followed by a ``role: tool`` message per result."""
+    out: list[dict[str, Any]] = []
+    i = 0
+    while i < len(messages):
+        m = messages[i]
+        if m.role != "tool":
+            out.append({"role": m.role, "content": m.content})
+            i += 1
+            continue
+        run = []
+        while i < len(messages) and messages[i].role == "tool":
+            run.append(messages[i])
+            i += 1
+        last = out[-1] if out else None
+        if last is None or last["role"] != "assistant" or "tool_calls" in last:
+            last = {"role": "assistant", "content": None}
+            out.append(last)
+        last["content"] = last["content"] or None  # no text: null, as the API sends it
+        last["tool_calls"] = [
+            {
+                "id": t.call,
+                "type": "function",
+                "function": {"name": t.name, "arguments": json.dumps(t.arguments or {})},
+            }
+            for t in run
+        ]
+        out += [{"role": "tool", "tool_call_id": t.call, "content": t.content} for t in run]
+    return out
