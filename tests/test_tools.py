@@ -6,6 +6,7 @@ gateway and the official ``openai`` SDK against recorded tool-call streams
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import threading
 import time
@@ -641,3 +642,142 @@ def test_history_tool_messages_need_a_valid_name() -> None:
     row = t.add_tool(call="c", name="bad name", arguments={}, reply_id="r", at=1.0)
     row.finish = "stop"
     assert t.history() == (ChatMessage("user", "x"),)  # left out: no API would take it
+
+
+# --- what a model or a tool does wrong must not stall or break the chat --------------
+
+
+class ScriptedToolModel:
+    """A provider that calls the given tools, one round per list, then answers."""
+
+    def __init__(self, *rounds: list[ToolUse]) -> None:
+        self.rounds = rounds
+        self.requests: list[Request] = []
+
+    def models(self) -> list[str]:
+        return ["scripted"]
+
+    async def stream(self, request: Request) -> AsyncIterator[Any]:
+        self.requests.append(request)
+        roles = [m.role for m in request.messages]
+        # Rounds done: runs of tool results in the history.
+        done = sum(1 for i, r in enumerate(roles) if r == "tool" and roles[i - 1 : i] != ["tool"])
+        if done < len(self.rounds):
+            yield ToolCalls(tuple(self.rounds[done]))
+        else:
+            yield TextChunk("final answer")
+        yield Finish("stop")
+
+
+@pytest.fixture
+def scripted() -> Iterator[Any]:
+    gateways: list[EmbeddedGateway] = []
+
+    def start(model: ScriptedToolModel, **limits: Any) -> EmbeddedGateway:
+        route = ModelRoute(model, "scripted")  # type: ignore[arg-type]
+        gateway = Gateway(models={"s": route}, token=TOKEN, limits=GatewayLimits(**limits))
+        gateways.append(EmbeddedGateway(gateway).start())
+        return gateways[-1]
+
+    yield start
+    for gateway in gateways:
+        gateway.close()
+
+
+def nested(depth: int) -> dict[str, Any]:
+    value: dict[str, Any] = {}
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [{"n": 10**30}, {"n": float("inf")}, {"s": "\ud800"}, nested(30)],
+    ids=["huge-int", "infinity", "lone-surrogate", "nested-30"],
+)
+def test_arguments_that_cannot_travel_are_answered_at_once_and_the_chat_goes_on(
+    scripted: Any, arguments: dict[str, Any]
+) -> None:
+    ran: list[Any] = []
+
+    def f(**kwargs: Any) -> str:
+        ran.append(kwargs)
+        return "ok"
+
+    model = ScriptedToolModel([ToolUse("c1", "f", arguments)])
+    gateway = scripted(model, tool_result_s=3 * TIMEOUT)
+    with Chat(url=gateway.url, token=TOKEN, model="s") as chat:
+        chat.tool(f)
+        first = chat.send("go").wait(TIMEOUT)  # before: a stall until tool_result_s
+        assert (first.finish, first.text) == ("stop", "final answer")
+        assert ran == []  # never sent to the client
+        answer = model.requests[-1].messages[-1]
+        assert answer.role == "tool"
+        assert "cannot be sent" in answer.content
+        second = chat.send("and again").wait(TIMEOUT)  # before: every later send failed
+        assert second.finish == "stop", second.error
+
+
+def test_a_call_id_used_again_in_a_later_round_does_not_end_the_reply(scripted: Any) -> None:
+    model = ScriptedToolModel([ToolUse("call_0", "f", {})], [ToolUse("call_0", "f", {})])
+    gateway = scripted(model)
+    ran: list[str] = []
+    with Chat(url=gateway.url, token=TOKEN, model="s") as chat:
+        chat.tool(lambda: ran.append("x") or "ok", name="f")
+        reply = chat.send("go").wait(TIMEOUT)
+        assert (reply.finish, reply.error) == ("stop", None)
+        assert ran == ["x", "x"]  # each round's call ran, once
+        calls = [m["tool_call"] for m in chat.messages if m["role"] == "tool"]
+        assert len(set(calls)) == 2
+
+
+def test_time_paused_does_not_count_against_the_wait_for_a_tool_result(scripted: Any) -> None:
+    model = ScriptedToolModel([ToolUse("c1", "f", {})])
+    gateway = scripted(model, tool_result_s=1.0)
+    gate = threading.Event()
+    with Chat(url=gateway.url, token=TOKEN, model="s") as chat:
+        chat.tool(lambda: gate.wait(TIMEOUT) and "ok", name="f")
+        reply = chat.send("go")
+        wait_until(lambda: any(m["role"] == "tool" for m in chat.messages), "the call")
+        reply.pause()
+        wait_until(lambda: reply.status == "paused", "the pause")
+        time.sleep(2.0)  # twice the bound, all of it paused
+        gate.set()
+        reply.resume()
+        assert reply.wait(TIMEOUT).finish == "stop", reply.error
+
+
+def test_a_blocking_async_tool_does_not_hold_up_stop(gateway: EmbeddedGateway) -> None:
+    started = threading.Event()
+
+    async def top_customers(n: int = 5) -> str:
+        started.set()
+        time.sleep(3)  # noqa: ASYNC251 (the point: blocking work in an async tool)
+        return "late"
+
+    def region_total(region: str) -> str:
+        return region
+
+    with Chat(url=gateway.url, token=TOKEN, model="gpt") as chat:
+        chat.tool(top_customers)
+        chat.tool(region_total)
+        reply = chat.send("who?")
+        assert started.wait(TIMEOUT)
+        reply.stop()
+        # Before, the tool blocked the loop every chat and its Stop runs on: 3 s.
+        assert reply.wait(1.0).finish == "stopped"
+
+
+def test_tools_can_be_named_and_two_of_one_name_are_refused(gateway: EmbeddedGateway) -> None:
+    def lookup(table: str) -> str:
+        return table
+
+    sales, costs = functools.partial(lookup, "sales"), functools.partial(lookup, "costs")
+    with pytest.raises(ValueError, match="two tools are named 'partial'"):
+        Chat(url=gateway.url, token=TOKEN, tools=[sales, costs])
+    with Chat(url=gateway.url, token=TOKEN) as chat:
+        chat.tool(sales, name="sales")
+        chat.tool(costs, name="costs")
+        chat.tool(lambda: "x", name="anonymous")
+        assert sorted(chat.tools) == ["anonymous", "costs", "sales"]

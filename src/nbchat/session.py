@@ -311,6 +311,15 @@ class GatewaySession:
         progress.waiting[call] = event
         return [self._emit(event)]
 
+    def made_call(self, reply: str, call: str) -> bool:
+        """Whether ``reply`` has made a tool call with this id."""
+        progress = self.replies.get(reply)
+        return progress is not None and call in progress.calls
+
+    def is_paused(self, reply: str) -> bool:
+        progress = self.replies.get(reply)
+        return progress is not None and progress.state is ReplyState.PAUSED
+
     def tool_result(self, reply: str, call: str) -> bool:
         """Take a client's result for ``call``: True the first time, False for a repeat
         (or a reply that has ended, or was forgotten), which changes nothing. Raises

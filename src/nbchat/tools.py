@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import inspect
 import json
 import threading
@@ -94,7 +95,7 @@ async def run_tool(tool: Tool, arguments: dict[str, Any]) -> tuple[str, str | No
     its ``await``; a sync tool's thread runs on (its result is then dropped)."""
     try:
         if inspect.iscoroutinefunction(tool.fn):
-            result = await (tool._call or tool.fn)(**arguments)
+            result = await _on_a_loop_of_its_own(tool, arguments)
         else:
             result = await asyncio.wrap_future(_in_thread(tool, arguments))
     except asyncio.CancelledError:
@@ -103,6 +104,38 @@ async def run_tool(tool: Tool, arguments: dict[str, Any]) -> tuple[str, str | No
         message = valid_unicode(f"{type(exc).__name__}: {exc}")
         return "", message[:_MAX_ERROR_CHARS]
     return _as_text(result), None
+
+
+async def _on_a_loop_of_its_own(tool: Tool, arguments: dict[str, Any]) -> Any:
+    """An async tool on an event loop of its own, on a thread of its own: one that
+    blocks (pandas inside ``async def``) must not hold up the client loop, which serves
+    every chat of the kernel and their Stop. Cancelling cancels it at its ``await``."""
+    started: concurrent.futures.Future[tuple[asyncio.AbstractEventLoop, asyncio.Task[Any]]]
+    started = concurrent.futures.Future()
+    done: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+    def run() -> None:
+        loop = asyncio.new_event_loop()
+        try:
+            task = loop.create_task((tool._call or tool.fn)(**arguments))
+            started.set_result((loop, task))
+            done.set_result(loop.run_until_complete(task))
+        except BaseException as exc:
+            if not started.done():
+                started.set_exception(exc)
+            if not done.done():
+                done.set_exception(exc)
+        finally:
+            loop.close()
+
+    threading.Thread(target=run, name=f"nbchat-tool-{tool.name}", daemon=True).start()
+    loop, task = await asyncio.wrap_future(started)
+    try:
+        return await asyncio.wrap_future(done)
+    except asyncio.CancelledError:
+        with contextlib.suppress(RuntimeError):  # its loop has ended already
+            loop.call_soon_threadsafe(task.cancel)
+        raise
 
 
 def _in_thread(tool: Tool, arguments: dict[str, Any]) -> concurrent.futures.Future[Any]:

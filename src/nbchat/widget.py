@@ -182,7 +182,13 @@ class Chat(anywidget.AnyWidget):
         # starts. The Conversation shares this dict, so later @chat.tool adds to it.
         self._tools: dict[str, Tool] = {}
         for fn in tools or ():
-            self._add_tool(fn, confirm=False)
+            tool = make_tool(fn)
+            if tool.name in self._tools:  # one would be lost without a word
+                raise ValueError(
+                    f"two tools are named {tool.name!r}; name one with "
+                    "chat.tool(fn, name=...) after Chat()"
+                )
+            self._tools[tool.name] = tool
         if callable(model):
             # Named first (the recorder stores the name); served in this kernel only.
             if url is not None:
@@ -307,10 +313,11 @@ class Chat(anywidget.AnyWidget):
         attachments = gather(text, context, namespace, hidden)
         return self._conversation.send(text, context=attachments or None, **params)
 
-    def tool(self, fn: _Fn | None = None, *, confirm: bool = False) -> Any:
+    def tool(self, fn: _Fn | None = None, *, name: str | None = None, confirm: bool = False) -> Any:
         """Let the model call ``fn``: ``@chat.tool``, ``@chat.tool(confirm=False)`` or
-        ``chat.tool(fn)``; returns ``fn`` unchanged. A function of the same name
-        replaces the one before. The model sees its name, the first paragraph of its
+        ``chat.tool(fn)``; returns ``fn`` unchanged. ``name=`` names it (a lambda, or
+        two ``functools.partial`` of one function); a tool of the same name replaces
+        the one before. The model sees its name, the first paragraph of its
         docstring and a JSON schema of its parameters (from the type hints); a call
         runs here, in the kernel, with the model's arguments checked against them.
         Raises ``ValueError`` for a function that cannot be a tool (a name model APIs
@@ -319,12 +326,12 @@ class Chat(anywidget.AnyWidget):
         :meth:`answer_tool`; a call you decline tells the model so.
         """
         if fn is None:
-            return lambda f: self.tool(f, confirm=confirm)
-        self._add_tool(fn, confirm=confirm)
+            return lambda f: self.tool(f, name=name, confirm=confirm)
+        self._add_tool(fn, name=name, confirm=confirm)
         return fn
 
-    def _add_tool(self, fn: Callable[..., Any], *, confirm: bool) -> None:
-        tool = make_tool(fn, confirm=confirm)
+    def _add_tool(self, fn: Callable[..., Any], *, name: str | None = None, confirm: bool) -> None:
+        tool = make_tool(fn, name=name, confirm=confirm)
         self._tools[tool.name] = tool
 
     def answer_tool(self, call: str, run: bool = True) -> None:

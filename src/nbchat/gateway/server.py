@@ -43,6 +43,7 @@ from ..protocol import (
     ServerFrame,
     Start,
     Stop,
+    ToolCall,
     ToolResult,
     Welcome,
     decode_client,
@@ -518,27 +519,32 @@ class Gateway:
         loop = asyncio.get_running_loop()
         answers: dict[str, str] = {}
         waiting: dict[str, asyncio.Future[ToolResult]] = {}
+        # Call ids, unique in the reply: a server that gives none (each round's first
+        # call is then "call_0") or repeats one must not end the reply.
+        calls: list[str] = []
+        for use in uses:
+            call, n = use.id, 1
+            while live.state.made_call(reply, call) or call in calls:
+                n += 1
+                call = f"{use.id}-{n}"
+            calls.append(call)
+        unsendable: set[str] = set()
         try:
-            for use in uses:
-                if use.arguments is None:
-                    answers[use.id] = json.dumps(
-                        {"error": f"the arguments are not a JSON object: {use.raw[:200]}"}
-                    )
-                    continue
-                waiting[use.id] = live.results[(reply, use.id)] = loop.create_future()
-                live.emit(
-                    live.state.tool_call(reply, use.id, valid_unicode(use.name), use.arguments)
+            for call, use in zip(calls, uses, strict=True):
+                name = valid_unicode(use.name)
+                arguments = use.arguments
+                problem = (
+                    f"the arguments are not a JSON object: {use.raw[:200]}"
+                    if arguments is None
+                    else _unsendable_arguments(call, name, arguments)
                 )
-            if waiting:
-                bound = self.limits.tool_result_s
-                _, late = await asyncio.wait(waiting.values(), timeout=bound)
-                if late:
-                    names = ", ".join(sorted({u.name for u in uses if waiting.get(u.id) in late}))
-                    raise ProviderError(
-                        "tool_error",
-                        f"no result for the call of {names} within {bound:g} s (the client "
-                        "went away, or the tool is still running); the reply ends here",
-                    )
+                if arguments is None or problem is not None:  # answered here, not sent
+                    answers[call] = json.dumps({"error": problem})
+                    unsendable.add(call)  # nor kept: the history must stay sendable
+                    continue
+                waiting[call] = live.results[(reply, call)] = loop.create_future()
+                live.emit(live.state.tool_call(reply, call, name, arguments))
+            await self._wait_results(live, reply, uses, calls, waiting)
         finally:
             for call, future in waiting.items():
                 live.results.pop((reply, call), None)
@@ -549,9 +555,44 @@ class Gateway:
                 result.content if result.error is None else json.dumps({"error": result.error})
             )
         return [
-            ChatMessage("tool", answers[u.id], call=u.id, name=u.name, arguments=u.arguments or {})
-            for u in uses
+            ChatMessage(
+                "tool",
+                answers[call],
+                call=call,
+                name=valid_unicode(u.name),
+                arguments={} if call in unsendable else u.arguments or {},
+            )
+            for call, u in zip(calls, uses, strict=True)
         ]
+
+    async def _wait_results(
+        self,
+        live: LiveSession,
+        reply: str,
+        uses: tuple[ToolUse, ...],
+        calls: list[str],
+        waiting: dict[str, asyncio.Future[ToolResult]],
+    ) -> None:
+        """Wait for every result, at most ``tool_result_s`` of time the reply is not
+        paused (a call made while paused is not even sent until resume)."""
+        loop = asyncio.get_running_loop()
+        left = self.limits.tool_result_s
+        pending = set(waiting.values())
+        while pending:
+            began = loop.time()
+            _, pending = await asyncio.wait(pending, timeout=min(left, 1.0))
+            if not live.state.is_paused(reply):
+                left -= loop.time() - began
+            if pending and left <= 0:
+                late = {c for c, f in waiting.items() if f in pending}
+                pairs = zip(calls, uses, strict=True)
+                names = ", ".join(sorted({u.name for c, u in pairs if c in late}))
+                raise ProviderError(
+                    "tool_error",
+                    f"no result for the call of {names} within "
+                    f"{self.limits.tool_result_s:g} s (the client went away, or the tool "
+                    "is still running); the reply ends here",
+                )
 
     def tool_result(self, live: LiveSession, frame: ToolResult) -> None:
         """A client's result for a tool call; a repeat (resent after a resume) is
@@ -574,6 +615,19 @@ class Gateway:
             # Generation is over but the reply may still be open: paused, with its end
             # held until resume. A stop ends it now (and does nothing to a finished one).
             live.emit(live.state.finish(reply, "stopped"))
+
+
+def _unsendable_arguments(call: str, name: str, arguments: dict[str, Any]) -> str | None:
+    """Why a model's tool arguments cannot travel, in this call's frame and in every
+    later request's history (nested deeper there), or None. NaN, huge integers, lone
+    surrogates or deep nesting would otherwise stall the reply or break the chat."""
+    try:
+        encode(ToolCall(seq=1, reply="r", call=call, name=name, arguments=arguments))
+        message = ChatMessage("tool", "", call=call, name=name, arguments=arguments)
+        encode(Start(reply="r", messages=(message,), model="m", params={}))
+    except (ProtocolError, TypeError, ValueError) as exc:
+        return f"the arguments cannot be sent to the client: {exc}"
+    return None
 
 
 class GatewayConnection:

@@ -16,6 +16,7 @@ with ``tool_calls`` and one ``role: tool`` message per result, as the API docume
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, cast
 
@@ -179,7 +180,7 @@ def _tool_use(index: int, call: dict[str, Any]) -> ToolUse:
     except ValueError:
         arguments = None
     return ToolUse(
-        id=call["id"] or f"call_{index}",
+        id=call["id"] or f"call_{index}_{uuid.uuid4().hex[:8]}",  # unique in the reply
         name=call["name"],
         arguments=arguments if isinstance(arguments, dict) else None,
         raw=raw,
