@@ -35,6 +35,7 @@ from .base import (
     ToolCalls,
     ToolUse,
     check_params,
+    grouped_tool_runs,
     open_with_retries,
     sdk_error,
 )
@@ -174,17 +175,10 @@ def anthropic_messages(messages: Sequence[ChatMessage]) -> tuple[str, list[dict[
     system = "\n\n".join(m.content for m in messages if m.role == "system")
     rest = [m for m in messages if m.role != "system"]
     out: list[dict[str, Any]] = []
-    i = 0
-    while i < len(rest):
-        m = rest[i]
-        if m.role != "tool":
-            out.append({"role": m.role, "content": m.content})
-            i += 1
+    for run in grouped_tool_runs(rest):
+        if isinstance(run, ChatMessage):
+            out.append({"role": run.role, "content": run.content})
             continue
-        run = []
-        while i < len(rest) and rest[i].role == "tool":
-            run.append(rest[i])
-            i += 1
         last = out[-1] if out else None
         if last is None or last["role"] != "assistant" or not isinstance(last["content"], str):
             last = {"role": "assistant", "content": ""}

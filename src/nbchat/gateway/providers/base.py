@@ -14,7 +14,15 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, Protocol, runtime_checkable
@@ -36,6 +44,7 @@ __all__ = [
     "check_params",
     "connection_failure",
     "first_item_within",
+    "grouped_tool_runs",
     "open_with_retries",
     "redact",
     "sdk_error",
@@ -295,3 +304,22 @@ class SDKProvider:
 
     def models(self) -> list[str]:
         return []  # configured per model
+
+
+def grouped_tool_runs(
+    messages: Sequence[ChatMessage],
+) -> Iterator[ChatMessage | list[ChatMessage]]:
+    """The history with each run of consecutive ``tool`` messages (one round of calls
+    and their results) as one list, every other message as itself: both provider
+    formats attach a round to the assistant message before it."""
+    i = 0
+    while i < len(messages):
+        if messages[i].role != "tool":
+            yield messages[i]
+            i += 1
+            continue
+        run = []
+        while i < len(messages) and messages[i].role == "tool":
+            run.append(messages[i])
+            i += 1
+        yield run

@@ -36,6 +36,7 @@ from .base import (
     ToolCalls,
     ToolUse,
     check_params,
+    grouped_tool_runs,
     open_with_retries,
     sdk_error,
 )
@@ -192,17 +193,10 @@ def openai_messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
     becomes the ``tool_calls`` of the assistant message just before it (a new one when
     there is none), followed by a ``role: tool`` message per result."""
     out: list[dict[str, Any]] = []
-    i = 0
-    while i < len(messages):
-        m = messages[i]
-        if m.role != "tool":
-            out.append({"role": m.role, "content": m.content})
-            i += 1
+    for run in grouped_tool_runs(messages):
+        if isinstance(run, ChatMessage):
+            out.append({"role": run.role, "content": run.content})
             continue
-        run = []
-        while i < len(messages) and messages[i].role == "tool":
-            run.append(messages[i])
-            i += 1
         last = out[-1] if out else None
         if last is None or last["role"] != "assistant" or "tool_calls" in last:
             last = {"role": "assistant", "content": None}
