@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from .conversation import ConnectionStatus, Conversation, ConversationListener
+from .protocol import MAX_NAME_CHARS, lone_surrogate
 from .reply import Reply
 from .transcript import Message, Transcript, transcript_from_json, transcript_to_json
 
@@ -64,7 +65,6 @@ SCHEMA_VERSION: Final = 1
 BUSY_TIMEOUT_S: Final = 10.0  # how long a writer waits for another process's write
 STREAM_WRITE_S: Final = 1.0  # a streaming reply's text is written at most this often
 FILE_NAME: Final = "conversations.sqlite3"
-MAX_NAME_CHARS: Final = 256
 
 _SCHEMA: Final = (
     """CREATE TABLE conversations (
@@ -131,10 +131,8 @@ def check_name(name: object) -> str:
         raise ValueError(f"a conversation name may not start or end with a space: {name!r}")
     if len(name) > MAX_NAME_CHARS:
         raise ValueError(f"a conversation name may have at most {MAX_NAME_CHARS} characters")
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("a conversation name must be valid Unicode text") from None
+    if lone_surrogate(name) is not None:
+        raise ValueError("a conversation name must be valid Unicode text")
     return name
 
 

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any, Final
 
-from .protocol import MAX_NAME_CHARS
+from .protocol import MAX_NAME_CHARS, lone_surrogate
 
 __all__ = ["MODELS", "LocalModels", "callable_name", "register_model"]
 
@@ -46,10 +46,8 @@ def _check_name(name: object) -> str:
         raise ValueError(f"a model name must be a non-empty str, not {name!r}")
     if len(name) > MAX_NAME_CHARS:
         raise ValueError(f"a model name must be at most {MAX_NAME_CHARS} characters")
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError(f"a model name must be valid Unicode: {name!r}") from None
+    if lone_surrogate(name) is not None:
+        raise ValueError(f"a model name must be valid Unicode: {name!r}")
     return name
 
 
