@@ -165,6 +165,26 @@ def test_a_config_with_two_defaults_is_refused(tmp_path: Path, replay: Replay) -
         read_config(path)
 
 
+def test_which_models_take_images_goes_by_name_unless_the_config_says(
+    tmp_path: Path, replay: Replay
+) -> None:
+    path = tmp_path / "images.toml"
+    path.write_text(
+        f'[[models]]\nname = "llava"\nprovider = "ollama"\nbase_url = "{replay.base_url}"\n'
+        f'[[models]]\nname = "llama3.2"\nprovider = "ollama"\nbase_url = "{replay.base_url}"\n'
+        f'[[models]]\nname = "mine"\nprovider = "ollama"\nbase_url = "{replay.base_url}"\n'
+        "images = true\n"
+        f'[[models]]\nname = "gpt-4o"\nprovider = "ollama"\nbase_url = "{replay.base_url}"\n'
+        "images = false\n"
+    )
+    routes = offer({}, path).models
+    taking = {name for name, route in routes.items() if route.takes_images}
+    assert taking == {"llava", "mine", "demo"}
+    path.write_text('[[models]]\nname = "a"\nprovider = "ollama"\nimages = "yes"\n')
+    with pytest.raises(ConfigError, match=r"model 1 \(a\): images must be true or false"):
+        read_config(path)
+
+
 def test_chat_starts_on_the_gateways_default_and_offers_chat_models_only(
     monkeypatch: pytest.MonkeyPatch, replay: Replay
 ) -> None:

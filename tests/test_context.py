@@ -4,7 +4,9 @@ the transcript, sent with later turns, saved and loaded."""
 
 from __future__ import annotations
 
+import base64
 import json
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,11 @@ from nbchat.context import (
     CELL_CHARS,
     MAX_ATTACHMENT_CHARS,
     MAX_CONTEXT_CHARS,
+    MAX_IMAGE_BYTES,
+    MAX_IMAGE_SIDE,
+    PICTURE_LEFT_OUT,
+    PICTURE_NOT_SENT,
+    PICTURE_SENT,
     SAMPLE_COLUMNS,
     SAMPLE_ROWS,
     attach,
@@ -26,7 +33,13 @@ from nbchat.context import (
     render_message,
     split_message,
 )
-from nbchat.transcript import COLUMNS, transcript_from_json, transcript_to_markdown
+from nbchat.protocol import IMAGE_URI
+from nbchat.transcript import (
+    COLUMNS,
+    Transcript,
+    transcript_from_json,
+    transcript_to_markdown,
+)
 
 from timeouts import TIMEOUT
 
@@ -84,38 +97,84 @@ def test_a_series_becomes_its_length_dtype_nulls_and_values() -> None:
     assert "| 0 | 1.5 |" in item["text"]
 
 
-class _FakeAxes:
-    def __init__(self, title: str, x: str, y: str) -> None:
-        self.labels = (title, x, y)
+def _sales_figure(figsize: tuple[float, float] = (6.4, 4.8)) -> Any:
+    from matplotlib.figure import Figure  # Agg, no pyplot: no GUI, no global state
 
-    def get_title(self) -> str:
-        return self.labels[0]
-
-    def get_xlabel(self) -> str:
-        return self.labels[1]
-
-    def get_ylabel(self) -> str:
-        return self.labels[2]
+    figure = Figure(figsize=figsize)
+    ax = figure.add_subplot()
+    ax.bar(["north", "south"], [3, 5])
+    ax.set(title="Sales by region", xlabel="region", ylabel="sales")
+    return figure
 
 
-class Figure:
-    """Stands in for matplotlib's (not installed here): recognised by module and name."""
-
-    __module__ = "matplotlib.figure"
-
-    def __init__(self) -> None:
-        self.axes = [_FakeAxes("Sales by region", "region", "sales")]
-        self.figure = self
-
-    def savefig(self) -> None: ...
+def _png_size(uri: str) -> tuple[int, int]:
+    png = base64.b64decode(uri.removeprefix("data:image/png;base64,"))
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", png[16:24])
+    return width, height
 
 
-def test_a_figure_is_described_and_says_images_are_not_sent() -> None:
-    item = describe(Figure(), "fig")
+def test_a_matplotlib_figure_is_described_and_drawn_as_a_png() -> None:
+    figure = _sales_figure()
+    item = describe(figure, "fig")
     assert item["kind"] == "matplotlib Figure"
     assert item["summary"] == "1 axes"
     assert "title 'Sales by region', x 'region', y 'sales'" in item["text"]
-    assert "Images are not sent yet" in item["text"]
+    assert IMAGE_URI.fullmatch(item["image"])
+    assert _png_size(item["image"]) == (640, 480)  # 100 dpi
+    assert describe(figure.axes[0], "ax")["image"] == item["image"]  # an Axes: its figure
+
+
+def test_a_huge_figure_is_drawn_small_enough() -> None:
+    item = describe(_sales_figure((40, 30)), "big")
+    width, height = _png_size(item["image"])
+    assert max(width, height) <= MAX_IMAGE_SIDE
+    assert len(base64.b64decode(item["image"].split(",")[1])) <= MAX_IMAGE_BYTES
+
+
+def test_a_plotly_figure_without_kaleido_is_described_and_says_why_no_picture() -> None:
+    import plotly.graph_objects as go
+
+    figure = go.Figure(go.Bar(x=["a", "b"], y=[1, 2]), layout={"title": {"text": "Counts"}})
+    item = describe(figure, "pfig")
+    assert item["kind"] == "plotly Figure"
+    assert "title 'Counts'" in item["text"]
+    assert "image" not in item
+    assert (
+        "No picture was sent: plotly draws pictures only with the kaleido package" in item["text"]
+    )
+
+
+def test_the_model_is_told_whether_it_got_the_picture() -> None:
+    item = describe(_sales_figure(), "fig")
+    assert render_message("look", [item]).endswith(f"{PICTURE_SENT}\n```")
+    told = render_message("look", [item], PICTURE_NOT_SENT)
+    assert "does not take images" in told
+    assert item["image"] not in told  # the picture never goes as text
+
+
+def test_a_history_carries_pictures_newest_first_within_the_budget() -> None:
+    transcript = Transcript()
+    old, new = describe(_sales_figure(), "old"), describe(_sales_figure((3, 2)), "new")
+    transcript.add_user("first", at=1.0, context=[dict(old)])
+    transcript.add_assistant(reply_id="r1", model="m", at=2.0).content = "ok"
+    transcript.add_user("second", at=3.0, context=[dict(new)])
+    room = len(new["image"]) + len(old["image"]) // 2  # the newer fits, then no more
+
+    history = transcript.history(images=True, image_chars=room)
+    first, second = (m for m in history if m.role == "user")
+    assert second.images == (new["image"],)
+    assert PICTURE_SENT in second.content
+    assert first.images is None
+    assert PICTURE_LEFT_OUT in first.content
+
+    everything = transcript.history(images=True, image_chars=10**7)
+    assert [m.images for m in everything if m.role == "user"] == [(old["image"],), (new["image"],)]
+
+    blind = transcript.history(images=False, image_chars=10**7)
+    assert all(
+        m.images is None and PICTURE_NOT_SENT in m.content for m in blind if m.role == "user"
+    )
 
 
 def test_other_objects_are_their_repr_cut_at_the_budget() -> None:
@@ -284,7 +343,13 @@ def test_a_saved_context_is_checked_when_loaded() -> None:
     )
     assert loaded.messages[0].context == [{**good, "summary": ""}]
     assert "Attached: `df` (DataFrame)" in transcript_to_markdown(loaded)
-    for bad in ([{"name": "df"}], ["text"], [{**good, "text": 3}], "df"):
+    picture = {**good, "image": "data:image/png;base64,AAAA"}
+    again = transcript_from_json(
+        {**base, "messages": [{"role": "user", "content": "x", "context": [picture]}]}
+    )
+    assert again.messages[0].images == ("data:image/png;base64,AAAA",)
+    bad_pictures = [{**good, "image": "https://example.com/x.png"}], [{**good, "image": 1}]
+    for bad in ([{"name": "df"}], ["text"], [{**good, "text": 3}], "df", *bad_pictures):
         with pytest.raises(ValueError, match="context"):
             transcript_from_json(
                 {**base, "messages": [{"role": "user", "content": "x", "context": bad}]}

@@ -16,6 +16,8 @@ import pytest
 from nbchat import Chat
 from nbchat.gateway import EmbeddedGateway, Gateway
 from nbchat.gateway.config import ConfigError, load_models, read_config
+from nbchat.gateway.providers.anthropic_messages import AnthropicProvider
+from nbchat.gateway.providers.openai_compat import OpenAICompatProvider
 
 from replay_server import Replay
 from timeouts import TIMEOUT
@@ -402,3 +404,26 @@ def test_no_secret_leaks_anywhere(
     for where, text in places.items():
         for secret in (SECRET, OTHER_SECRET):
             assert secret not in text, f"the key leaked into the {where}"
+
+
+@pytest.mark.parametrize(
+    ("model", "takes"),
+    [
+        ("gpt-4o-mini", True),
+        ("gpt-4.1-nano", True),
+        ("gpt-5", True),
+        ("o3-mini", True),
+        ("llama3.2-vision:11b", True),
+        ("qwen2.5vl:7b", True),
+        ("Qwen/Qwen2.5-VL-7B-Instruct", True),
+        ("llava:13b", True),
+        ("gpt-3.5-turbo", False),
+        ("deepseek-chat", False),
+        ("llama3.2", False),
+        ("Qwen/Qwen2.5-1.5B-Instruct", False),
+    ],
+)
+def test_openai_compatible_models_take_images_by_their_name(model: str, takes: bool) -> None:
+    assert OpenAICompatProvider.takes_images(model) is takes
+    assert AnthropicProvider.takes_images("claude-sonnet-4-6")
+    assert not AnthropicProvider.takes_images("claude-2.1")

@@ -8,13 +8,18 @@ widget reads IPython's ``user_ns``).
 
 An attachment is ``{name, kind, summary, text}``: ``text`` is what the model receives,
 at most :data:`MAX_ATTACHMENT_CHARS` characters, and all of a message's attachments
-together at most :data:`MAX_CONTEXT_CHARS`. Images are not sent: the wire protocol
-carries text only, so a figure is described in words and says so.
+together at most :data:`MAX_CONTEXT_CHARS`. A figure is also drawn as a PNG
+(``image``, a data URI of at most :data:`MAX_IMAGE_BYTES`, at most
+:data:`MAX_IMAGE_SIDE` pixels a side): models that take images get the picture with
+the description, the others the description and a note saying the picture was not sent.
 """
 
 from __future__ import annotations
 
+import base64
 import collections
+import importlib.util
+import io
 import re
 import reprlib
 import sys
@@ -25,6 +30,11 @@ __all__ = [
     "CELL_CHARS",
     "MAX_ATTACHMENT_CHARS",
     "MAX_CONTEXT_CHARS",
+    "MAX_IMAGE_BYTES",
+    "MAX_IMAGE_SIDE",
+    "PICTURE_LEFT_OUT",
+    "PICTURE_NOT_SENT",
+    "PICTURE_SENT",
     "SAMPLE_COLUMNS",
     "SAMPLE_ROWS",
     "Attachment",
@@ -43,15 +53,35 @@ SAMPLE_ROWS: Final = 20  # a DataFrame's sample: its first rows ...
 SAMPLE_COLUMNS: Final = 20  # ... and columns
 CELL_CHARS: Final = 40  # a sample cell longer than this is cut
 _SCHEMA_COLUMNS: Final = 50  # columns listed with their dtype and nulls
+MAX_IMAGE_BYTES: Final = 300_000  # a figure's PNG; drawn smaller until it fits
+MAX_IMAGE_SIDE: Final = 1568  # pixels: larger pictures are scaled down by the APIs anyway
+
+# The line each attachment with a picture ends with, saying what the model got.
+PICTURE_SENT: Final = "(The picture is attached to this message as an image.)"
+PICTURE_NOT_SENT: Final = (
+    "(The picture was not sent: the model in use does not take images, so this "
+    "description is all it has.)"
+)
+PICTURE_LEFT_OUT: Final = (
+    "(The picture was not sent: the request had room only for newer pictures, so this "
+    "description is all the model has.)"
+)
 
 
-class Attachment(TypedDict):
+class _Described(TypedDict):
     """One object attached to a message: ``text`` is what the model receives."""
 
     name: str  # the variable's name ("df"), or "context[0]" for an unnamed object
     kind: str  # "DataFrame", "Series", "matplotlib Figure", "plotly Figure", a type name
     summary: str  # one line, e.g. a DataFrame's shape; "" when there is nothing to say
     text: str
+
+
+class Attachment(_Described, total=False):
+    """One object attached to a message: ``text`` is what the model receives, and a
+    figure's picture, ``image``, what a model that takes images sees."""
+
+    image: str  # a data:image/png;base64,... URI
 
 
 # --- @name in text -------------------------------------------------------------------
@@ -171,10 +201,23 @@ def describe(obj: object, name: str) -> Attachment:
     except BaseException as exc:  # SystemExit from a __repr__ must not end the kernel
         kind, summary = type(obj).__name__, ""
         text = f"(could not describe this object: {type(exc).__name__}: {exc})"
+    image: str | None = None
+    if kind in ("matplotlib Figure", "plotly Figure"):
+        image, problem = _picture(obj)
+        if problem:
+            text += f"\n(No picture was sent: {problem}.)"
     text = _valid(text)
     if len(text) > MAX_ATTACHMENT_CHARS:
         text = _cut(text, MAX_ATTACHMENT_CHARS)
-    return {"name": name, "kind": _valid(kind), "summary": _valid(summary), "text": text}
+    item: Attachment = {
+        "name": name,
+        "kind": _valid(kind),
+        "summary": _valid(summary),
+        "text": text,
+    }
+    if image is not None:
+        item["image"] = image
+    return item
 
 
 def _describe(obj: object) -> tuple[str, str, str]:
@@ -272,10 +315,6 @@ def _figure(obj: object) -> tuple[str, str, str] | None:
     """A matplotlib or plotly figure (or a matplotlib Axes) described in words."""
     module = type(obj).__module__ or ""
     cls = type(obj).__name__
-    note = (
-        "Images are not sent yet: nbchat sends text only, so the model gets this "
-        "description of the figure, not the picture."
-    )
     if module.startswith("matplotlib"):
         figure = getattr(obj, "figure", None) if cls != "Figure" else obj
         axes = list(getattr(figure, "axes", None) or [])
@@ -297,7 +336,7 @@ def _figure(obj: object) -> tuple[str, str, str] | None:
             ]
             parts.append(f"axes {i}: " + (", ".join(labels) or "no labels"))
         summary = f"{len(axes)} {_plural(len(axes), 'axes', 'axes')}"
-        return "matplotlib Figure", summary, "\n".join(["A matplotlib figure.", *parts, note])
+        return "matplotlib Figure", summary, "\n".join(["A matplotlib figure.", *parts])
     if module.startswith("plotly") and cls in ("Figure", "FigureWidget"):
         layout = obj.layout  # type: ignore[attr-defined]
         traces = [getattr(t, "type", "trace") for t in obj.data]  # type: ignore[attr-defined]
@@ -311,9 +350,42 @@ def _figure(obj: object) -> tuple[str, str, str] | None:
                 parts.append(f"{what} {title!r}")
         summary = f"{len(traces)} {_plural(len(traces), 'trace')}"
         kinds = ", ".join(dict.fromkeys(traces)) or "no traces"
-        lines = [f"A plotly figure: {summary} ({kinds}).", *parts, note]
+        lines = [f"A plotly figure: {summary} ({kinds}).", *parts]
         return "plotly Figure", summary, "\n".join(lines)
     return None
+
+
+def _picture(obj: object) -> tuple[str | None, str]:
+    """A figure drawn as a PNG data URI, or None and why not. Never raises."""
+    try:
+        if (type(obj).__module__ or "").startswith("plotly"):
+            if importlib.util.find_spec("kaleido") is None:
+                return None, "plotly draws pictures only with the kaleido package installed"
+            scale = 1.0
+            for _ in range(3):
+                png = obj.to_image(format="png", scale=scale)  # type: ignore[attr-defined]
+                if len(png) <= MAX_IMAGE_BYTES:
+                    return _png_uri(png), ""
+                scale *= 0.6
+            return None, f"the picture is larger than {MAX_IMAGE_BYTES:,} bytes"
+        figure = obj if type(obj).__name__ == "Figure" else getattr(obj, "figure", None)
+        width, height = figure.get_size_inches()  # type: ignore[union-attr]
+        dpi = min(100.0, MAX_IMAGE_SIDE / max(width, height, 0.01))
+        for _ in range(3):
+            buffer = io.BytesIO()
+            figure.savefig(buffer, format="png", dpi=dpi)  # type: ignore[union-attr]
+            if buffer.tell() <= MAX_IMAGE_BYTES:
+                return _png_uri(buffer.getvalue()), ""
+            dpi *= 0.6
+        return None, f"the picture is larger than {MAX_IMAGE_BYTES:,} bytes"
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:
+        return None, f"drawing it failed ({type(exc).__name__}: {_inline(exc)})"
+
+
+def _png_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
 # --- what the model receives ---------------------------------------------------------
@@ -321,14 +393,19 @@ def _figure(obj: object) -> tuple[str, str, str] | None:
 _HEADER_RE: Final = re.compile(r"^Context `(?P<name>[^`\n]*)` \((?P<about>[^\n]*)\):$", re.M)
 
 
-def render_message(text: str, context: Iterable[Mapping[str, Any]] | None) -> str:
+def render_message(
+    text: str, context: Iterable[Mapping[str, Any]] | None, picture_note: str = PICTURE_SENT
+) -> str:
     """A user message as the model receives it: the user's text, then per attachment a
     header line (``Context `df` (kind, summary):``) and its text in a fenced block
-    longer than any run of backticks in it."""
+    longer than any run of backticks in it. An attachment with a picture ends with
+    ``picture_note``, which says whether the model got the picture."""
     parts = [text]
     for item in context or ():
         about = ", ".join(p for p in (item.get("kind"), item.get("summary")) if p)
         body = item.get("text") or ""
+        if item.get("image"):
+            body = f"{body}\n{picture_note}"
         longest = max((len(m) for m in re.findall(r"`+", body)), default=0)
         fence = "`" * max(3, longest + 1)
         parts.append(f"Context `{item.get('name')}` ({about}):\n{fence}\n{body}\n{fence}")

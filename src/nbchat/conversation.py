@@ -28,6 +28,7 @@ from .client import (
 )
 from .context import Attachment
 from .protocol import (
+    IMAGE_URI,
     ChatMessage,
     Delta,
     Done,
@@ -122,6 +123,7 @@ class Conversation:
         self.url = url
         self.model = model
         self.models: list[str] = []
+        self.image_models: set[str] = set()  # of models, those that take images
         self.status: ConnectionStatus = "connecting"
         self.status_detail = ""
         self.error: str | None = None
@@ -316,14 +318,17 @@ class Conversation:
         finally:
             await self._connection.close()
 
+    def takes_images(self, model: str | None) -> bool:
+        """Whether the gateway said ``model`` takes images (pictures go to it)."""
+        return model is not None and model in self.image_models
+
     async def _run(self, reply: Reply, context: list[dict[str, str]] | None = None) -> None:
         model = reply.model or self.model or "demo"
         reply.model = model
         with self.lock:
             # The message is stamped when it was sent, the reply when it starts (later,
             # if it waited in the queue).
-            self.transcript.add_user(reply.prompt, at=reply.sent_at, context=context)
-            history = self.transcript.history(self.max_history_chars)
+            user = self.transcript.add_user(reply.prompt, at=reply.sent_at, context=context)
             message = self.transcript.add_assistant(reply_id=reply.id, model=model, at=time.time())
         in_flight = _InFlight(reply, message, self._loop.time(), asyncio.Event())
         self._current = in_flight
@@ -333,6 +338,16 @@ class Conversation:
             # The transcript keeps the message and why it got no answer.
             self._end(in_flight, "error", error=self.error, code="unavailable")
         else:
+            # After connecting: the welcome says which models take images.
+            with self.lock:
+                if context and not self.takes_images(model) and user.images:
+                    _note_pictures_not_sent(user, model)
+                    self.transcript.changed(user)
+                history = self.transcript.history(
+                    self.max_history_chars,
+                    images=self.takes_images(model),
+                    image_chars=self._connection.max_frame_bytes // 2,
+                )
             self._connection.session.open(reply.id)
             tools = tuple(tool.spec() for tool in list(self.tools.values())) or None
             start = Start(
@@ -379,6 +394,7 @@ class Conversation:
         if isinstance(frame, Welcome):
             # Every welcome says what the gateway offers (a first connect by Retry too).
             self.models = list(frame.models)
+            self.image_models = set(frame.image_models or ())
             if self.model is None and self.models:
                 # The gateway's default (an older one names none: its first).
                 default = frame.default_model
@@ -629,11 +645,27 @@ def _checked_context(context: list[Attachment] | None) -> list[dict[str, str]]:
             )
         for value in values:
             _check_sendable("an attachment", value)
+        image = raw.get("image")
+        if image is not None:
+            if not isinstance(image, str) or not IMAGE_URI.fullmatch(image):
+                raise ValueError(
+                    "an attachment's image must be a data:image/(png|jpeg|gif|webp);base64,... URI"
+                )
+            checked["image"] = image
         out.append({k: str(v) for k, v in checked.items()})
     return out
 
 
 _ATTACHMENT_KEYS = ("name", "kind", "summary", "text")
+
+
+def _note_pictures_not_sent(message: Message, model: str) -> None:
+    """Say on each of the message's pictures that the model did not get it: the user
+    sees it on the attachment, the DataFrame and the saved copy keep it."""
+    for item in message.context or ():
+        if item.get("image"):
+            note = f"picture not sent: {model} takes no images"
+            item["summary"] = f"{item['summary']}; {note}" if item["summary"] else note
 
 
 def _checked_params(params: dict[str, Any]) -> dict[str, Any]:

@@ -29,6 +29,7 @@ __all__ = [
     "DEFAULT_MAX_FRAME_BYTES",
     "ERROR_CODES",
     "FINISH_REASONS",
+    "IMAGE_URI",
     "MAX_DEPTH",
     "MAX_INT_DIGITS",
     "MAX_NAME_CHARS",
@@ -97,6 +98,8 @@ MAX_NAME_CHARS: Final = 256  # ids and names: reply, model, session, client, cod
 _NAMES: Final = frozenset(
     {"reply", "model", "session", "client", "code", "default_model", "call", "name"}
 )
+# A picture in a user message: the formats both OpenAI and Anthropic take, base64.
+IMAGE_URI: Final = re.compile(r"data:image/(?:png|jpeg|gif|webp);base64,[A-Za-z0-9+/]+={0,2}")
 # A tool's name, as OpenAI and Anthropic both accept it.
 TOOL_NAME: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _INT_LIMIT: Final = 10**MAX_INT_DIGITS
@@ -124,13 +127,16 @@ class ChatMessage:
     """One message of a request's history. A ``tool`` message is one tool call and its
     result (what the model was given, in ``content``): ``call`` (its id), ``name`` and
     ``arguments`` are set on tool messages only. Consecutive tool messages are one
-    round of calls, made after the assistant message before them."""
+    round of calls, made after the assistant message before them. ``images`` (user
+    messages only) are pictures sent with the text, as ``data:image/...;base64,`` URIs;
+    a gateway gives them only to models that take images."""
 
     role: Role
     content: str
     call: str | None = None
     name: str | None = None
     arguments: JSON | None = None
+    images: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -228,6 +234,7 @@ class Welcome:
     max_frame_bytes: int | None = None
     default_model: str | None = None
     notice: str | None = None
+    image_models: tuple[str, ...] | None = None  # the models that take images
 
 
 @dataclass(frozen=True)
@@ -382,6 +389,8 @@ def encode(frame: Frame) -> str:
                 nested = getattr(item, "arguments", None) or getattr(item, "parameters", None)
                 if isinstance(nested, dict):
                     _check_json(nested, where, strings=False, depth=4)
+                if isinstance(item, ChatMessage) and item.images is not None:
+                    _check_images(item, where)
         data[f.name] = _to_json(value)
     try:
         text = json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
@@ -496,6 +505,8 @@ def _check_json(value: Any, where: str, *, strings: bool, depth: int = 2) -> Non
 def _to_json(value: Any) -> Any:
     if isinstance(value, ChatMessage):
         data: JSON = {"role": value.role, "content": value.content}
+        if value.images:
+            data["images"] = list(value.images)
         if value.role == "tool":
             data.update(call=value.call, name=value.name, arguments=value.arguments or {})
         return data
@@ -510,6 +521,16 @@ def _to_json(value: Any) -> Any:
     if isinstance(value, tuple):
         return [_to_json(v) for v in value]
     return value
+
+
+def _check_images(message: ChatMessage, where: str) -> None:
+    if message.role != "user":
+        raise ProtocolError(f"{where}: only user messages carry images")
+    for image in message.images or ():
+        if not isinstance(image, str) or not IMAGE_URI.fullmatch(image):
+            raise ProtocolError(
+                f"{where}: an image must be a data:image/(png|jpeg|gif|webp);base64,... URI"
+            )
 
 
 def decode(text: str | bytes, *, types_: dict[str, type[Any]] | None = None) -> Frame:
@@ -671,8 +692,21 @@ def _chat_message(value: Any, where: str, name: str) -> ChatMessage:
     content = value.get("content")
     if not isinstance(content, str):
         raise ProtocolError(f"{where}.content must be a string", field=name)
+    images = value.get("images")
+    if images is not None:
+        if role != "user":
+            raise ProtocolError(f"{where}.images: only user messages carry images", field=name)
+        if not isinstance(images, list) or not all(
+            isinstance(i, str) and IMAGE_URI.fullmatch(i) for i in images
+        ):
+            raise ProtocolError(
+                f"{where}.images must be an array of data:image/(png|jpeg|gif|webp);base64,"
+                "... URIs",
+                field=name,
+            )
+        images = tuple(images) or None
     if role != "tool":
-        return ChatMessage(role=role, content=content)
+        return ChatMessage(role=role, content=content, images=images)
     call, tool, arguments = value.get("call"), value.get("name"), value.get("arguments", {})
     if not isinstance(call, str) or not call or len(call) > MAX_NAME_CHARS:
         raise ProtocolError(

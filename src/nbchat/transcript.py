@@ -12,9 +12,10 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Final
 
-from .context import render_message
+from .context import PICTURE_LEFT_OUT, PICTURE_NOT_SENT, PICTURE_SENT, render_message
 from .protocol import (
     FINISH_REASONS,
+    IMAGE_URI,
     ROLES,
     TOOL_NAME,
     ChatMessage,
@@ -101,8 +102,9 @@ class Message:
     error: str | None = None
     reply_id: str | None = None
     reasoning: str | None = None  # streamed apart from the answer; never sent back
-    # A user message's attachments ({name, kind, summary, text}, see nbchat.context):
-    # the model receives them after the text, in this turn and with every later one.
+    # A user message's attachments ({name, kind, summary, text, image?}, see
+    # nbchat.context): the model receives them after the text, in this turn and with
+    # every later one (a picture only when the model takes images and there is room).
     context: list[dict[str, str]] | None = None
     tool_name: str | None = None
     tool_arguments: dict[str, Any] | None = None
@@ -111,7 +113,19 @@ class Message:
     @property
     def sent_content(self) -> str:
         """The content as the model receives it: the text, then any attachments."""
-        return render_message(self.content, self.context) if self.context else self.content
+        return self.content_with(PICTURE_SENT)
+
+    def content_with(self, picture_note: str) -> str:
+        """The content with its attachments, each picture's note saying what became
+        of it (see :func:`nbchat.context.render_message`)."""
+        if not self.context:
+            return self.content
+        return render_message(self.content, self.context, picture_note)
+
+    @property
+    def images(self) -> tuple[str, ...]:
+        """The pictures of this message's attachments (data URIs), in order."""
+        return tuple(a["image"] for a in self.context or () if a.get("image"))
 
     @property
     def tokens_per_s(self) -> float | None:
@@ -215,7 +229,9 @@ class Transcript:
         self.messages.insert(index, message)
         return message
 
-    def history(self, max_chars: int | None = None) -> tuple[ChatMessage, ...]:
+    def history(
+        self, max_chars: int | None = None, *, images: bool = False, image_chars: int = 0
+    ) -> tuple[ChatMessage, ...]:
         """The messages to send with the next request: the system prompt, then every
         message with content. A stopped reply's partial text is kept; an empty failed
         reply is left out, so a retry does not carry it. A user message carries its
@@ -224,9 +240,20 @@ class Transcript:
         With ``max_chars``, the oldest turns are left out until the messages' content
         fits in that many characters; the system prompt and the newest message are
         always sent. Tool messages go as they are (the call and its result); one whose
-        name no API accepts (a model's mistake) is left out."""
+        name no API accepts (a model's mistake) is left out.
+
+        With ``images`` (the model takes them), the pictures of user messages go too,
+        the newest first, as long as they fit in ``image_chars`` together; a message's
+        pictures go all or none. Each picture's note says whether the model got it."""
         kept = [m for m in self.messages if _sent(m)]
-        sent = [m.sent_content for m in kept]
+        pictures = _pictures(kept, image_chars if images else 0)
+        missed = PICTURE_LEFT_OUT if images else PICTURE_NOT_SENT
+        notes = {
+            id(m): PICTURE_SENT if id(m) in pictures else missed
+            for m in kept
+            if m.role == "user" and m.images
+        }
+        sent = [m.content_with(notes[id(m)]) if id(m) in notes else m.sent_content for m in kept]
         if max_chars is not None and kept:
             budget = max_chars - len(self.system or "")
             start, used = len(kept), 0
@@ -249,7 +276,7 @@ class Transcript:
                 arguments=m.tool_arguments or {},
             )
             if m.role == "tool"
-            else ChatMessage(role=m.role, content=text)
+            else ChatMessage(role=m.role, content=text, images=pictures.get(id(m)))
             for m, text in zip(kept, sent, strict=True)
         ]
         return tuple(out)
@@ -257,6 +284,13 @@ class Transcript:
     def clear(self) -> None:
         self.messages.clear()
         self._records.clear()
+
+    def changed(self, message: Message) -> None:
+        """Say that a message which no longer changes did change (its record is made
+        again by the next :meth:`to_records`)."""
+        index = next((i for i, m in enumerate(self.messages) if m is message), None)
+        if index is not None:
+            del self._records[index:]
 
     def to_records(self) -> list[dict[str, Any]]:
         """One dict per message with exactly the :data:`COLUMNS` keys (shared with
@@ -331,6 +365,19 @@ _SAVED: Final[dict[str, tuple[type, ...]]] = {
 }
 # An attachment's fields (nbchat.context.Attachment); summary is optional.
 _ATTACHMENT_FIELDS: Final = ("name", "kind", "text")
+
+
+def _pictures(messages: list[Message], budget: int) -> dict[int, tuple[str, ...]]:
+    """Which user messages' pictures a request carries (by ``id()`` of the message):
+    the newest first while they fit in ``budget`` characters, a message's all or none."""
+    out: dict[int, tuple[str, ...]] = {}
+    for m in reversed(messages):
+        images = m.images if m.role == "user" else ()
+        size = sum(len(i) for i in images)
+        if images and size <= budget:
+            out[id(m)] = images
+            budget -= size
+    return out
 
 
 def transcript_to_json(transcript: Transcript) -> dict[str, Any]:
@@ -440,7 +487,13 @@ def _context_from(value: list[Any] | None, where: str) -> list[dict[str, str]] |
         summary = item.get("summary")
         if summary is not None and not isinstance(summary, str):
             raise ValueError(f"{where}: a context summary must be text")
-        out.append({k: item[k] for k in _ATTACHMENT_FIELDS} | {"summary": summary or ""})
+        loaded = {k: item[k] for k in _ATTACHMENT_FIELDS} | {"summary": summary or ""}
+        image = item.get("image")
+        if image is not None:
+            if not isinstance(image, str) or not IMAGE_URI.fullmatch(image):
+                raise ValueError(f"{where}: a context image must be a data:image/...;base64 URI")
+            loaded["image"] = image
+        out.append(loaded)
     return out
 
 

@@ -10,6 +10,7 @@ A config file lists models::
     api_key_env = "MY_KEY"        # the environment variable holding the key
     params = { temperature = 0.2 }  # defaults; a request's own params win
     default = true                # the model a Chat uses unless told otherwise
+    images = true                 # it takes images (default: judged by the model's name)
 
 Keys are read from the environment only, never from the file, and are never written
 into frames, logs, errors or the transcript. With no file, the gateway offers ``demo``
@@ -120,6 +121,7 @@ class ModelConfig:
     api_key_env: str | None
     params: dict[str, Any] = field(default_factory=dict)
     default: bool = False
+    images: bool | None = None  # whether it takes images; None: judged by its name
 
 
 @dataclass(frozen=True)
@@ -161,6 +163,7 @@ def read_config(path: str | Path) -> list[ModelConfig]:
             "api_key_env",
             "params",
             "default",
+            "images",
         }
         if unknown:
             raise ConfigError(f"{where}: unknown keys {', '.join(sorted(unknown))}")
@@ -178,6 +181,9 @@ def read_config(path: str | Path) -> list[ModelConfig]:
         default = entry.get("default", False)
         if not isinstance(default, bool):
             raise ConfigError(f"{where} ({name}): default must be true or false")
+        images = entry.get("images")
+        if images is not None and not isinstance(images, bool):
+            raise ConfigError(f"{where} ({name}): images must be true or false")
         configs.append(
             ModelConfig(
                 name=name,
@@ -187,6 +193,7 @@ def read_config(path: str | Path) -> list[ModelConfig]:
                 api_key_env=entry.get("api_key_env", preset.api_key_env),
                 params=params,
                 default=default,
+                images=images,
             )
         )
     names = [c.name for c in configs]
@@ -209,7 +216,9 @@ def _route(config: ModelConfig, env: Mapping[str, str]) -> ModelRoute:
             base_url=config.base_url, api_key=key, label=config.provider
         )
     missing = config.api_key_env if config.api_key_env and not key else None
-    return ModelRoute(provider, config.model, params=config.params, missing_key=missing)
+    return ModelRoute(
+        provider, config.model, params=config.params, missing_key=missing, images=config.images
+    )
 
 
 async def load_models(

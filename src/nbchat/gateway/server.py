@@ -98,6 +98,14 @@ class ModelRoute:
     upstream: str
     params: dict[str, Any] = field(default_factory=dict)
     missing_key: str | None = None
+    images: bool | None = None  # whether the model takes images; None: its provider says
+
+    @property
+    def takes_images(self) -> bool:
+        if self.images is not None:
+            return self.images
+        takes = getattr(self.provider, "takes_images", None)
+        return bool(takes(self.upstream)) if callable(takes) else False
 
 
 @dataclass(frozen=True)
@@ -248,6 +256,10 @@ class Gateway:
             names += [name for name in self._callables.models() if name not in self.models]
         return names
 
+    def image_models(self) -> list[str]:
+        """The names of :meth:`offered` whose models take images."""
+        return [name for name in self.offered() if (r := self.route(name)) and r.takes_images]
+
     def route(self, model: str) -> ModelRoute | None:
         """Where ``model`` is served, if anywhere. ``llama3.2`` finds ``llama3.2:latest``
         when only that is listed, as Ollama itself does."""
@@ -393,8 +405,12 @@ class Gateway:
         if error is not None or route is None:
             live.emit(live.state.finish(frame.reply, "error", error=error))
             return
+        messages = frame.messages
+        if not route.takes_images and any(m.images for m in messages):
+            # The text says what each picture was; a model without eyes gets only that.
+            messages = tuple(dataclasses.replace(m, images=None) for m in messages)
         request = Request(
-            messages=frame.messages, model=route.upstream, params=params, tools=frame.tools or ()
+            messages=messages, model=route.upstream, params=params, tools=frame.tools or ()
         )
         task = asyncio.create_task(self._generate(live, frame.reply, route.provider, request))
         live.tasks[frame.reply] = task
@@ -839,6 +855,7 @@ class GatewayConnection:
                 max_frame_bytes=self.gateway.limits.max_frame_bytes,
                 default_model=self.gateway.default,
                 notice=self.gateway.notice,
+                image_models=tuple(self.gateway.image_models()),
             )
         )
         if replay is not None:

@@ -49,6 +49,11 @@ PASSED_PARAMS = ("temperature", "top_p", "top_k", "max_tokens", "stop", "thinkin
 class AnthropicProvider(SDKProvider):
     """Streams messages from Anthropic (or a server speaking its API at ``base_url``)."""
 
+    @staticmethod
+    def takes_images(model: str) -> bool:
+        """Every Claude model since Claude 3 takes images."""
+        return not model.startswith(("claude-2", "claude-instant"))
+
     def __init__(
         self,
         *,
@@ -167,6 +172,13 @@ def _is_error(content: str) -> bool:
     return isinstance(data, dict) and set(data) == {"error"}
 
 
+def _image_block(uri: str) -> dict[str, Any]:
+    """A ``data:image/png;base64,...`` URI (checked by the protocol) as an image block."""
+    head, _, data = uri.partition(",")
+    media_type = head.removeprefix("data:").removesuffix(";base64")
+    return {"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}
+
+
 def anthropic_messages(messages: Sequence[ChatMessage]) -> tuple[str, list[dict[str, Any]]]:
     """The system prompt and the messages in the Messages API format: each run of
     ``tool`` messages becomes ``tool_use`` blocks of the assistant message just before
@@ -177,7 +189,12 @@ def anthropic_messages(messages: Sequence[ChatMessage]) -> tuple[str, list[dict[
     out: list[dict[str, Any]] = []
     for run in grouped_tool_runs(rest):
         if isinstance(run, ChatMessage):
-            out.append({"role": run.role, "content": run.content})
+            content: Any = run.content
+            if run.images:
+                content = [{"type": "text", "text": run.content}] + [
+                    _image_block(image) for image in run.images
+                ]
+            out.append({"role": run.role, "content": content})
             continue
         last = out[-1] if out else None
         if last is None or last["role"] != "assistant" or not isinstance(last["content"], str):

@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 from ...local_models import LocalModels, ModelFunction
+from ...protocol import ChatMessage
 from .base import Finish, ProviderError, Request, TextChunk
 
 __all__ = ["CallableProvider", "call_params"]
@@ -83,6 +84,11 @@ class CallableProvider:
     def serves(self, model: str) -> bool:
         return self.registry.get(model) is not None
 
+    @staticmethod
+    def takes_images(model: str) -> bool:
+        """A callable gets a message's pictures (``images``) and does what it likes."""
+        return True
+
     async def stream(self, request: Request) -> AsyncIterator[TextChunk | Finish]:
         name = request.model
         fn = self.registry.get(name)
@@ -92,7 +98,7 @@ class CallableProvider:
                 f"no function is registered as model {name!r} in this kernel: pass it "
                 f"again with Chat(model=fn), or nbchat.register_model({name!r}, fn)",
             )
-        messages = [{"role": m.role, "content": m.content} for m in request.messages]
+        messages = [_as_dict(m) for m in request.messages]
         kwargs = call_params(fn, request.params)
         chunks: AsyncIterator[str] | None = None
         while True:
@@ -291,3 +297,12 @@ def _being_cancelled() -> bool:
     task = asyncio.current_task()
     cancelling = getattr(task, "cancelling", None)
     return task is None or cancelling is None or cancelling() > 0
+
+
+def _as_dict(message: ChatMessage) -> dict[str, Any]:
+    """A message as a callable receives it: role and content, and a user message's
+    pictures as ``images`` (``data:image/png;base64,...`` URIs) when it has any."""
+    out: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.images:
+        out["images"] = list(message.images)
+    return out

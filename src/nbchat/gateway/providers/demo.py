@@ -24,8 +24,10 @@ Params: ``tokens_per_s`` (default 30; 0 = as fast as possible) and ``max_tokens`
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import re
+import struct
 from collections.abc import AsyncIterator, Callable
 from typing import Final
 
@@ -101,7 +103,8 @@ def reply_shape(text: str) -> str:
 
 def demo_reply(request: Request) -> str:
     """The reply the demo model gives to this history."""
-    users = [m.content for m in request.messages if m.role == "user"]
+    user_messages = [m for m in request.messages if m.role == "user"]
+    users = [m.content for m in user_messages]
     if not users:
         raise ProviderError("bad_request", "the demo model needs at least one user message")
     # Attachments (nbchat.context) follow the user's own text: quote and shape by the text.
@@ -112,6 +115,13 @@ def demo_reply(request: Request) -> str:
     opening = f"**Demo reply.** You wrote: \u201c{quote}\u201d."
     if attached:
         opening += " Attached: " + "; ".join(f"{n} ({about})" for n, about in attached) + "."
+    pictures = user_messages[-1].images or ()
+    if pictures:
+        sizes = ", ".join(_picture_size(uri) for uri in pictures)
+        opening += (
+            f" I received {len(pictures)} {'picture' if len(pictures) == 1 else 'pictures'}"
+            f" ({sizes}); I cannot see, but a model that takes images would."
+        )
     if len(users) == 1:
         earlier = "This is the first turn of our conversation."
     else:
@@ -122,6 +132,20 @@ def demo_reply(request: Request) -> str:
         )
     body = _BODIES[reply_shape(last)](last, digest)
     return f"{opening} {body}\n\n{earlier}"
+
+
+def _picture_size(uri: str) -> str:
+    """A picture's format and size ("PNG, 640 by 480 pixels" from its header)."""
+    head, _, data = uri.partition(",")
+    kind = head.removeprefix("data:image/").removesuffix(";base64").upper()
+    try:
+        header = base64.b64decode(data[:32] + "=" * (-len(data[:32]) % 4))
+    except ValueError:
+        return kind
+    if kind == "PNG" and header[12:16] == b"IHDR":
+        width, height = struct.unpack(">II", header[16:24])
+        return f"{kind}, {width} by {height} pixels"
+    return kind
 
 
 def _words(text: str) -> list[str]:
@@ -286,6 +310,11 @@ class DemoProvider:
 
     def models(self) -> list[str]:
         return ["demo"]
+
+    @staticmethod
+    def takes_images(model: str) -> bool:
+        """The demo takes pictures to show the path works: it says what it got."""
+        return True
 
     async def stream(self, request: Request) -> AsyncIterator[TextChunk | Finish]:
         rate = float(request.params.get("tokens_per_s", DEFAULT_TOKENS_PER_S))

@@ -16,9 +16,10 @@ with ``tool_calls`` and one ``role: tool`` message per result, as the API docume
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from typing import Any, cast
+from typing import Any, Final, cast
 
 import openai
 from openai import AsyncOpenAI
@@ -57,8 +58,23 @@ PASSED_PARAMS = (
 )
 
 
+# Model names that take images, as OpenAI, Ollama and vLLM name them. A server's model
+# list does not say, so this goes by name; ``images = true|false`` in a config entry
+# decides for a model it misjudges.
+_TAKES_IMAGES: Final = re.compile(
+    r"gpt-4o|gpt-4\.1|gpt-4-turbo|gpt-5|(?:^|[-_/.:])o[34](?:$|[-_/.:])|vision|llava"
+    r"|[-_/.:]vl(?:$|[-_/.:\d])|pixtral|gemma3|qwen2\.5-?vl|minicpm-v|moondream|llama4",
+    re.IGNORECASE,
+)
+
+
 class OpenAICompatProvider(SDKProvider):
     """Streams chat completions from ``base_url`` (the SDK's default when None)."""
+
+    @staticmethod
+    def takes_images(model: str) -> bool:
+        """Whether ``model`` (the server's name for it) takes images, by its name."""
+        return _TAKES_IMAGES.search(model) is not None
 
     def __init__(
         self, *, base_url: str | None, api_key: str | None, label: str = "openai", **options: Any
@@ -195,7 +211,12 @@ def openai_messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for run in grouped_tool_runs(messages):
         if isinstance(run, ChatMessage):
-            out.append({"role": run.role, "content": run.content})
+            content: Any = run.content
+            if run.images:
+                content = [{"type": "text", "text": run.content}] + [
+                    {"type": "image_url", "image_url": {"url": image}} for image in run.images
+                ]
+            out.append({"role": run.role, "content": content})
             continue
         last = out[-1] if out else None
         if last is None or last["role"] != "assistant" or "tool_calls" in last:
