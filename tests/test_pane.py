@@ -68,6 +68,54 @@ def test_batches_are_bounded_and_carry_every_character_once() -> None:
     assert sum(len(m["text"]) for m in sent) == len(text)
 
 
+def simulate(
+    batcher: StreamBatcher, tokens_per_s: float, seconds: float
+) -> tuple[int, list[float]]:
+    """Tokens of 4 characters at a steady rate, with the I/O layer's scheduling: a
+    flush is set for ``due()`` when text arrives and none is pending. The time each
+    token waited for its batch, in seconds, and how many tokens were added."""
+    batcher.begin("r1")
+    arrivals: list[float] = []
+    waits: list[float] = []
+    flush_at: float | None = None
+    step = 1 / tokens_per_s
+    now = last_token = 0.0
+    added = 0
+    while last_token + step < seconds or flush_at is not None:
+        next_token = last_token + step if last_token + step < seconds else float("inf")
+        if flush_at is not None and flush_at <= next_token:
+            now, flush_at = flush_at, None
+            if (message := batcher.take(now)) is not None:
+                waits += [now - arrivals[i] for i in range(len(message["text"]) // 4)]
+                arrivals = arrivals[len(message["text"]) // 4 :]
+            continue
+        now = last_token = next_token
+        batcher.add("tok ")
+        added += 1
+        arrivals.append(now)
+        if flush_at is None:
+            flush_at = batcher.due(now)
+    return added, waits
+
+
+@pytest.mark.parametrize(
+    ("tokens_per_s", "most_per_s"),
+    [(20, 14), (100, 14), (1_000, 20.5), (20_000, 20.5)],
+)
+def test_batches_adapt_to_the_rate_and_no_text_waits_past_the_slow_interval(
+    tokens_per_s: float, most_per_s: float
+) -> None:
+    batcher = StreamBatcher(interval_s=0.05, slow_interval_s=0.075, small_chars=48)
+    sent: list[float] = []
+    take = batcher.take
+    batcher.take = lambda now: (sent.append(now), take(now))[1]  # type: ignore[method-assign]
+    added, waits = simulate(batcher, tokens_per_s, seconds=4.0)
+    assert added >= tokens_per_s * 4.0 - 1
+    assert len(waits) == added  # every token went, once
+    assert max(waits) <= 0.075 + 1e-9  # the bound on holding text back
+    assert len(sent) / 4.0 <= most_per_s  # a trickle: at most about 13 a second
+
+
 def test_snapshot_covers_what_was_sent_and_later_batches_continue_it() -> None:
     batcher = StreamBatcher()
     assert batcher.snapshot() is None

@@ -70,13 +70,27 @@ class StreamBatcher:
     """Collects a reply's text as it arrives and hands it out in batches.
 
     ``add`` is called per chunk; ``take`` returns the ``chunk`` message to send (or None)
-    and is called at most once per ``interval_s`` by the I/O layer (see :meth:`due`).
-    ``snapshot`` may be called from another thread at any time. A lock keeps the
+    and is called by the I/O layer when :meth:`due` says. The rule: at most one batch
+    per ``interval_s`` (20 a second); after a small batch (under ``small_chars``: the
+    text trickles in) the next waits ``slow_interval_s`` instead, so a slow reply
+    sends fewer, larger messages (each carries a ~700-byte envelope) while no text
+    waits longer than that for its batch. The first text after a quiet spell goes at
+    once. ``snapshot`` may be called from another thread at any time. A lock keeps the
     batches and snapshots consistent with each other.
     """
 
-    def __init__(self, interval_s: float = 0.05, *, kind: str | None = None) -> None:
+    def __init__(
+        self,
+        interval_s: float = 0.05,
+        *,
+        kind: str | None = None,
+        slow_interval_s: float = 0.075,
+        small_chars: int = 48,
+    ) -> None:
         self.interval_s = interval_s
+        self.slow_interval_s = max(slow_interval_s, interval_s)
+        self.small_chars = small_chars
+        self._next_interval = interval_s
         self.kind = kind  # None for the answer; "reasoning" tags the messages
         self._lock = threading.Lock()
         self.reply: str | None = None
@@ -88,6 +102,7 @@ class StreamBatcher:
     def begin(self, reply: str) -> None:
         with self._lock:
             self.reply, self._text, self._length, self._sent = reply, [], 0, 0
+            self._next_interval = self.interval_s
 
     def add(self, text: str) -> None:
         with self._lock:
@@ -96,7 +111,7 @@ class StreamBatcher:
 
     def due(self, now: float) -> float:
         """When the next batch may go out: ``now`` or later."""
-        return max(now, self._last_take + self.interval_s)
+        return max(now, self._last_take + self._next_interval)
 
     def take(self, now: float) -> dict[str, Any] | None:
         """The next ``chunk`` message (text not yet sent), or None if there is none."""
@@ -113,6 +128,8 @@ class StreamBatcher:
             }
             if self.kind:
                 message["kind"] = self.kind
+            small = self._length - self._sent < self.small_chars
+            self._next_interval = self.slow_interval_s if small else self.interval_s
             self._sent = self._length
             self._last_take = now
             return message
