@@ -18,6 +18,7 @@ from nbchat.gateway import EmbeddedGateway, Gateway
 from nbchat.gateway.config import ConfigError, load_models, read_config
 from nbchat.gateway.providers.anthropic_messages import AnthropicProvider
 from nbchat.gateway.providers.openai_compat import OpenAICompatProvider
+from nbchat.gateway.server import ModelRoute
 
 from replay_server import Replay
 from timeouts import TIMEOUT
@@ -427,3 +428,24 @@ def test_openai_compatible_models_take_images_by_their_name(model: str, takes: b
     assert OpenAICompatProvider.takes_images(model) is takes
     assert AnthropicProvider.takes_images("claude-sonnet-4-6")
     assert not AnthropicProvider.takes_images("claude-2.1")
+
+
+def test_a_saved_openai_reply_with_usage_details_loads_again(tmp_path: Path) -> None:
+    """OpenAI's usage groups some counts (``prompt_tokens_details``): a transcript that
+    holds one must load again, in a new kernel as from a file."""
+    server = Replay().start()
+    provider = OpenAICompatProvider(base_url=server.base_url, api_key="sk-test")
+    gateway = EmbeddedGateway(
+        Gateway(models={"gpt": ModelRoute(provider, "gpt-4o-mini")}, token="t")
+    ).start()
+    try:
+        with Chat(url=gateway.url, token="t", model="gpt") as chat:
+            reply = chat.send("hi").wait(TIMEOUT)
+            assert reply.usage is not None
+            assert any(isinstance(v, dict) for v in reply.usage.values())
+            path = chat.save(tmp_path / "chat.json")
+        with Chat.load(path, url=gateway.url, token="t", model="gpt") as again:
+            assert again._conversation.transcript.messages[1].usage == reply.usage
+    finally:
+        gateway.close()
+        server.close()

@@ -444,11 +444,11 @@ def _message_from(item: Any, where: str) -> Message:
     created = fields_["created_at"]
     if created is not None and not 0 <= created < 1e11:
         raise ValueError(f"{where}: created_at must be Unix time in seconds")
-    usage = fields_["usage"]
-    if usage is not None:
-        for key, count in usage.items():
-            if not isinstance(key, str) or isinstance(count, bool) or not isinstance(count, int):
-                raise ValueError(f"{where}: usage must map names to whole numbers")
+    if fields_["usage"] is not None and not _usage_ok(fields_["usage"]):
+        raise ValueError(
+            f"{where}: usage must map names to whole numbers (or to such maps, as "
+            "OpenAI's completion_tokens_details)"
+        )
     fields_["context"] = _context_from(fields_["context"], where)
     texts = [content, fields_["model"], fields_["error"], fields_["reasoning"]]
     texts += [fields_["tool_name"], fields_["tool_call"]]
@@ -472,6 +472,19 @@ def _message_from(item: Any, where: str) -> Message:
         created_at=float(fields_.pop("created_at") or 0.0),
         **fields_,
     )
+
+
+def _usage_ok(usage: dict[str, Any], depth: int = 0) -> bool:
+    """Token counts by name; a provider may group some (``prompt_tokens_details``)."""
+    for key, count in usage.items():
+        if not isinstance(key, str):
+            return False
+        if isinstance(count, dict):
+            if depth >= 2 or not _usage_ok(count, depth + 1):
+                return False
+        elif isinstance(count, bool) or not isinstance(count, int):
+            return False
+    return True
 
 
 def _context_from(value: list[Any] | None, where: str) -> list[dict[str, str]] | None:
