@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import struct
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from nbchat.protocol import IMAGE_URI
 from nbchat.transcript import (
     COLUMNS,
     Transcript,
+    plan_pictures,
     transcript_from_json,
     transcript_to_markdown,
 )
@@ -148,7 +150,7 @@ def test_a_plotly_figure_without_kaleido_is_described_and_says_why_no_picture() 
 def test_the_model_is_told_whether_it_got_the_picture() -> None:
     item = describe(_sales_figure(), "fig")
     assert render_message("look", [item]).endswith(f"{PICTURE_SENT}\n```")
-    told = render_message("look", [item], PICTURE_NOT_SENT)
+    told = render_message("look", [item], {0: PICTURE_NOT_SENT})
     assert "does not take images" in told
     assert item["image"] not in told  # the picture never goes as text
 
@@ -156,25 +158,76 @@ def test_the_model_is_told_whether_it_got_the_picture() -> None:
 def test_a_history_carries_pictures_newest_first_within_the_budget() -> None:
     transcript = Transcript()
     old, new = describe(_sales_figure(), "old"), describe(_sales_figure((3, 2)), "new")
+    wide = describe(_sales_figure((8, 3)), "wide")
     transcript.add_user("first", at=1.0, context=[dict(old)])
     transcript.add_assistant(reply_id="r1", model="m", at=2.0).content = "ok"
-    transcript.add_user("second", at=3.0, context=[dict(new)])
-    room = len(new["image"]) + len(old["image"]) // 2  # the newer fits, then no more
+    transcript.add_user("second", at=3.0, context=[dict(new), dict(wide)])
+    room = len(new["image"]) + len(wide["image"]) + len(old["image"]) // 2
 
-    history = transcript.history(images=True, image_chars=room)
-    first, second = (m for m in history if m.role == "user")
-    assert second.images == (new["image"],)
-    assert PICTURE_SENT in second.content
+    def users(images: bool, budget: int) -> list[Any]:
+        plan = plan_pictures(transcript.messages, images=images, budget=budget)
+        return [m for m in transcript.history(pictures=plan) if m.role == "user"]
+
+    first, second = users(True, room)  # both of the newer message, then no room
+    assert second.images == (new["image"], wide["image"])
+    assert second.content.count(PICTURE_SENT) == 2
     assert first.images is None
     assert PICTURE_LEFT_OUT in first.content
 
-    everything = transcript.history(images=True, image_chars=10**7)
-    assert [m.images for m in everything if m.role == "user"] == [(old["image"],), (new["image"],)]
+    # Each picture on its own: the newest that fits goes, though its neighbour does not.
+    first, second = users(True, len(wide["image"]))
+    assert second.images == (wide["image"],)
+    assert PICTURE_LEFT_OUT in second.content.split("Context `wide`")[0]
 
-    blind = transcript.history(images=False, image_chars=10**7)
-    assert all(
-        m.images is None and PICTURE_NOT_SENT in m.content for m in blind if m.role == "user"
-    )
+    assert [m.images for m in users(True, 10**7)] == [
+        (old["image"],),
+        (new["image"], wide["image"]),
+    ]
+    blind = users(False, 10**7)
+    assert all(m.images is None for m in blind)
+    assert all(PICTURE_NOT_SENT in m.content for m in blind)
+    assert all(m.images is None for m in transcript.history() if m.role == "user")
+
+
+def test_drawing_from_another_thread_leaves_the_figure_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The pane's sends run on a kernel subshell while a cell may be drawing the same
+    figure: the picture is drawn from a copy, so neither sees the other's dpi."""
+    from matplotlib.figure import Figure
+
+    figure = _sales_figure()
+    figure.set_dpi(150)
+    drawn: list[Figure] = []
+    savefig = Figure.savefig
+
+    def spy(self: Figure, *args: Any, **kwargs: Any) -> None:
+        drawn.append(self)
+        savefig(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", spy)
+    seen: list[Any] = []
+    worker = threading.Thread(target=lambda: seen.append(describe(figure, "fig")))
+    worker.start()
+    worker.join()
+    assert drawn
+    assert figure not in drawn  # a copy was drawn
+    assert _png_size(seen[0]["image"]) == (640, 480)
+    assert figure.dpi == 150
+    describe(figure, "fig")  # on the main thread (code's send): the figure itself
+    assert drawn[-1] is figure
+
+
+def test_a_figure_raising_system_exit_is_described_not_fatal() -> None:
+    figure = _sales_figure()
+
+    def explode(*args: Any, **kwargs: Any) -> None:
+        raise SystemExit(3)
+
+    figure.savefig = explode  # type: ignore[method-assign]
+    item = describe(figure, "fig")
+    assert "image" not in item
+    assert "drawing it failed (SystemExit: 3)" in item["text"]
 
 
 def test_other_objects_are_their_repr_cut_at_the_budget() -> None:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from nbchat import Chat
-from nbchat.context import PICTURE_NOT_SENT, PICTURE_SENT, describe
+from nbchat.context import PICTURE_LEFT_OUT, PICTURE_NOT_SENT, PICTURE_SENT, describe
 from nbchat.gateway import EmbeddedGateway, Gateway
 from nbchat.gateway.providers import DemoProvider
 from nbchat.gateway.providers.anthropic_messages import AnthropicProvider
@@ -24,6 +24,16 @@ from replay_server import Replay
 from timeouts import TIMEOUT
 
 TOKEN = "t"
+
+
+def noise_figure() -> Any:
+    """A picture that compresses badly: about 250 kB as a PNG data URI."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6.4, 4.8))
+    figure.add_subplot().imshow(np.random.default_rng(0).random((300, 400)))
+    return figure
 
 
 def sales_figure() -> Any:
@@ -110,9 +120,11 @@ def test_a_model_that_takes_no_images_gets_the_description_and_a_note(
         assert "A matplotlib figure." in content
         assert PICTURE_NOT_SENT in content
         assert "base64" not in content
-        # The user hears of it too, on the attachment.
+        # The user hears of it too, on the attachment; the model does not read it.
         attached = chat.messages[0]["context"][0]
-        assert "picture not sent: blind takes no images" in attached["summary"]
+        assert attached["picture"] == "picture not sent: blind takes no images"
+        assert "picture not sent" not in attached["summary"]
+        assert "picture not sent:" not in content
 
 
 def test_a_gateway_drops_pictures_a_client_sends_a_model_without_eyes(
@@ -122,7 +134,6 @@ def test_a_gateway_drops_pictures_a_client_sends_a_model_without_eyes(
     gateway gives the model only the text."""
     with Chat(url=gateway.url, token=TOKEN, model="blind") as chat:
         chat._conversation.image_models.add("blind")  # this client believes it takes them
-        chat._conversation.takes_images = lambda model: True  # type: ignore[method-assign]
         assert chat.send("describe", context=[sales_figure()]).wait(TIMEOUT).finish == "stop"
         assert isinstance(last_request(replay)["messages"][-1]["content"], str)
 
@@ -187,3 +198,55 @@ def test_a_picture_is_saved_and_loaded_with_its_conversation(
         reply = again.send("and again?").wait(TIMEOUT)
         assert "turn 2" in reply.text
     assert frame["context"][0][0]["image"] == picture
+
+
+def test_the_pictures_fate_follows_the_model_in_use(
+    gateway: EmbeddedGateway, replay: Replay
+) -> None:
+    with Chat(url=gateway.url, token=TOKEN, model="blind") as chat:
+        chat.send("describe", context=[sales_figure()]).wait(TIMEOUT)
+        chat.model = "gpt-4o-mini"
+        chat.send("now?").wait(TIMEOUT)
+        first = last_request(replay)["messages"][0]["content"]
+        assert first[1]["type"] == "image_url"
+        assert PICTURE_SENT in first[0]["text"]
+        assert "not sent" not in first[0]["text"]  # the model is told one thing
+        assert chat.messages[0]["context"][0]["picture"] == "picture sent to gpt-4o-mini"
+
+
+def test_a_long_conversation_leaves_its_picture_out_rather_than_fail(
+    gateway: EmbeddedGateway, replay: Replay
+) -> None:
+    """Text and pictures share the gateway's frame: as the text grows, the picture
+    stays behind (and the model and the user are told) instead of the request failing
+    as too large."""
+    with Chat(url=gateway.url, token=TOKEN, model="gpt-4o-mini") as chat:
+        figure = noise_figure()
+        assert len(describe(figure, "f")["image"]) > 200_000
+        chat.send("keep this", context=[figure]).wait(TIMEOUT)
+        for i in range(26):
+            reply = chat.send(f"{i} " + "words " * 5_000).wait(TIMEOUT)
+            assert (reply.finish, reply.error) == ("stop", None)
+        first = last_request(replay)["messages"][0]["content"]
+        assert isinstance(first, str)
+        assert PICTURE_LEFT_OUT in first
+        assert chat.messages[0]["context"][0]["picture"] == (
+            "picture not sent: no room left in the request"
+        )
+
+
+def test_a_function_registered_after_connecting_gets_pictures() -> None:
+    got: list[int] = []
+
+    def first(messages: list[dict[str, Any]], **params: Any) -> str:
+        return "one"
+
+    def second(messages: list[dict[str, Any]], **params: Any) -> str:
+        got.append(len(messages[-1].get("images", [])))
+        return "two"
+
+    with Chat(model=first) as chat:
+        chat.send("hi").wait(TIMEOUT)
+        chat.model = second
+        chat.send("look", context=[sales_figure()]).wait(TIMEOUT)
+        assert got == [1]

@@ -413,11 +413,18 @@ def test_no_secret_leaks_anywhere(
         ("gpt-4o-mini", True),
         ("gpt-4.1-nano", True),
         ("gpt-5", True),
-        ("o3-mini", True),
         ("llama3.2-vision:11b", True),
         ("qwen2.5vl:7b", True),
         ("Qwen/Qwen2.5-VL-7B-Instruct", True),
         ("llava:13b", True),
+        ("o3", True),
+        ("o4-mini", True),
+        ("gemma3:4b", True),
+        ("o3-mini", False),
+        ("o1-mini", False),
+        ("gpt-4o-audio-preview", False),
+        ("gpt-4o-search-preview", False),
+        ("gemma3:1b", False),
         ("gpt-3.5-turbo", False),
         ("deepseek-chat", False),
         ("llama3.2", False),
@@ -428,6 +435,7 @@ def test_openai_compatible_models_take_images_by_their_name(model: str, takes: b
     assert OpenAICompatProvider.takes_images(model) is takes
     assert AnthropicProvider.takes_images("claude-sonnet-4-6")
     assert not AnthropicProvider.takes_images("claude-2.1")
+    assert not AnthropicProvider.takes_images("deepseek-chat")  # another server, same API
 
 
 def test_a_saved_openai_reply_with_usage_details_loads_again(tmp_path: Path) -> None:

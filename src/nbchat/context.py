@@ -20,10 +20,12 @@ import base64
 import collections
 import importlib.util
 import io
+import pickle
 import re
 import reprlib
 import sys
-from collections.abc import Iterable, Mapping
+import threading
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final, TypedDict
 
 __all__ = [
@@ -63,7 +65,7 @@ PICTURE_NOT_SENT: Final = (
     "description is all it has.)"
 )
 PICTURE_LEFT_OUT: Final = (
-    "(The picture was not sent: the request had room only for newer pictures, so this "
+    "(The picture was not sent: the request had no room left for it, so this "
     "description is all the model has.)"
 )
 
@@ -361,27 +363,40 @@ def _picture(obj: object) -> tuple[str | None, str]:
         if (type(obj).__module__ or "").startswith("plotly"):
             if importlib.util.find_spec("kaleido") is None:
                 return None, "plotly draws pictures only with the kaleido package installed"
-            scale = 1.0
-            for _ in range(3):
-                png = obj.to_image(format="png", scale=scale)  # type: ignore[attr-defined]
-                if len(png) <= MAX_IMAGE_BYTES:
-                    return _png_uri(png), ""
-                scale *= 0.6
-            return None, f"the picture is larger than {MAX_IMAGE_BYTES:,} bytes"
+            return _fitted(lambda scale: obj.to_image(format="png", scale=scale), 1.0)  # type: ignore[attr-defined]
         figure = obj if type(obj).__name__ == "Figure" else getattr(obj, "figure", None)
+        if threading.current_thread() is not threading.main_thread():
+            # Sent from the pane (a kernel subshell) while a cell may be drawing this
+            # figure: savefig changes a figure's dpi while it draws, so draw a copy.
+            try:
+                figure = pickle.loads(pickle.dumps(figure))
+            except Exception:
+                return None, "the figure cannot be copied to draw it safely; attach it from code"
         width, height = figure.get_size_inches()  # type: ignore[union-attr]
         dpi = min(100.0, MAX_IMAGE_SIDE / max(width, height, 0.01))
-        for _ in range(3):
+
+        def draw(dpi: float) -> bytes:
             buffer = io.BytesIO()
             figure.savefig(buffer, format="png", dpi=dpi)  # type: ignore[union-attr]
-            if buffer.tell() <= MAX_IMAGE_BYTES:
-                return _png_uri(buffer.getvalue()), ""
-            dpi *= 0.6
-        return None, f"the picture is larger than {MAX_IMAGE_BYTES:,} bytes"
+            return buffer.getvalue()
+
+        return _fitted(draw, dpi)
     except KeyboardInterrupt:
         raise
-    except Exception as exc:
+    except BaseException as exc:  # SystemExit from a user's artist must not end the kernel
         return None, f"drawing it failed ({type(exc).__name__}: {_inline(exc)})"
+
+
+def _fitted(draw: Callable[[float], bytes], scale: float) -> tuple[str | None, str]:
+    """Draw at ``scale``, then smaller while the PNG is over :data:`MAX_IMAGE_BYTES`:
+    scaled by the square root of the excess (bytes grow with the area), at most three
+    draws in all, since a heavy plot costs as much to draw small."""
+    for _ in range(3):
+        png = draw(scale)
+        if len(png) <= MAX_IMAGE_BYTES:
+            return _png_uri(png), ""
+        scale *= 0.9 * (MAX_IMAGE_BYTES / len(png)) ** 0.5
+    return None, f"the picture is larger than {MAX_IMAGE_BYTES:,} bytes"
 
 
 def _png_uri(png: bytes) -> str:
@@ -394,18 +409,21 @@ _HEADER_RE: Final = re.compile(r"^Context `(?P<name>[^`\n]*)` \((?P<about>[^\n]*
 
 
 def render_message(
-    text: str, context: Iterable[Mapping[str, Any]] | None, picture_note: str = PICTURE_SENT
+    text: str,
+    context: Iterable[Mapping[str, Any]] | None,
+    picture_notes: Mapping[int, str] | None = None,
 ) -> str:
     """A user message as the model receives it: the user's text, then per attachment a
     header line (``Context `df` (kind, summary):``) and its text in a fenced block
-    longer than any run of backticks in it. An attachment with a picture ends with
-    ``picture_note``, which says whether the model got the picture."""
+    longer than any run of backticks in it. An attachment with a picture ends with a
+    line saying whether the model got it: ``picture_notes[i]`` for the attachment at
+    index ``i`` when it was not sent, else :data:`PICTURE_SENT`."""
     parts = [text]
-    for item in context or ():
+    for i, item in enumerate(context or ()):
         about = ", ".join(p for p in (item.get("kind"), item.get("summary")) if p)
         body = item.get("text") or ""
         if item.get("image"):
-            body = f"{body}\n{picture_note}"
+            body = f"{body}\n{(picture_notes or {}).get(i, PICTURE_SENT)}"
         longest = max((len(m) for m in re.findall(r"`+", body)), default=0)
         fence = "`" * max(3, longest + 1)
         parts.append(f"Context `{item.get('name')}` ({about}):\n{fence}\n{body}\n{fence}")

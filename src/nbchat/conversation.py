@@ -14,6 +14,7 @@ import json
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -52,7 +53,7 @@ from .protocol import (
 from .reply import Reply
 from .session import ReplyState
 from .tools import Tool, run_tool
-from .transcript import Message, Transcript
+from .transcript import Message, Transcript, plan_pictures
 
 __all__ = ["ConnectionStatus", "Conversation", "ConversationListener"]
 
@@ -124,6 +125,9 @@ class Conversation:
         self.model = model
         self.models: list[str] = []
         self.image_models: set[str] = set()  # of models, those that take images
+        # Whether a model name is a Python function the embedded gateway serves (they
+        # all take images); set by the Chat.
+        self.local_model: Callable[[str], bool] | None = None
         self.status: ConnectionStatus = "connecting"
         self.status_detail = ""
         self.error: str | None = None
@@ -319,8 +323,45 @@ class Conversation:
             await self._connection.close()
 
     def takes_images(self, model: str | None) -> bool:
-        """Whether the gateway said ``model`` takes images (pictures go to it)."""
-        return model is not None and model in self.image_models
+        """Whether ``model`` takes images (pictures go to it): the gateway said so in
+        its welcome (``llava`` for its ``llava:latest``, as the gateway routes it), or
+        it is a Python function of this kernel served by the embedded gateway."""
+        if model is None:
+            return False
+        if model in self.image_models or f"{model}:latest" in self.image_models:
+            return True
+        return self.local_model is not None and self.local_model(model)
+
+    def _history_for(self, model: str) -> tuple[tuple[ChatMessage, ...], bool]:
+        """The history of the next request to ``model``, with the pictures that fit
+        beside its text in the gateway's frame (half of it at most); and whether the
+        user's view of any picture (its ``picture`` line) changed. Under the lock."""
+        takes = self.takes_images(model)
+        frame = self._connection.max_frame_bytes
+        if takes:
+            text = self.transcript.history(self.max_history_chars)
+            text_bytes = sum(len(m.content.encode("utf-8", "replace")) + 64 for m in text)
+            budget = max(0, min(frame // 2, frame - text_bytes - PICTURE_MARGIN_BYTES))
+        else:
+            budget = 0
+        plan = plan_pictures(self.transcript.messages, images=takes, budget=budget)
+        marked = False
+        for m in self.transcript.messages:
+            notes = plan.notes(m)
+            for i, item in enumerate(m.context or ()):
+                if not item.get("image"):
+                    continue
+                if i not in notes:
+                    line = f"picture sent to {model}"
+                elif takes:
+                    line = "picture not sent: no room left in the request"
+                else:
+                    line = f"picture not sent: {model} takes no images"
+                if item.get("picture") != line:
+                    item["picture"] = line
+                    self.transcript.changed(m)
+                    marked = True
+        return self.transcript.history(self.max_history_chars, pictures=plan), marked
 
     async def _run(self, reply: Reply, context: list[dict[str, str]] | None = None) -> None:
         model = reply.model or self.model or "demo"
@@ -328,7 +369,7 @@ class Conversation:
         with self.lock:
             # The message is stamped when it was sent, the reply when it starts (later,
             # if it waited in the queue).
-            user = self.transcript.add_user(reply.prompt, at=reply.sent_at, context=context)
+            self.transcript.add_user(reply.prompt, at=reply.sent_at, context=context)
             message = self.transcript.add_assistant(reply_id=reply.id, model=model, at=time.time())
         in_flight = _InFlight(reply, message, self._loop.time(), asyncio.Event())
         self._current = in_flight
@@ -340,14 +381,9 @@ class Conversation:
         else:
             # After connecting: the welcome says which models take images.
             with self.lock:
-                if context and not self.takes_images(model) and user.images:
-                    _note_pictures_not_sent(user, model)
-                    self.transcript.changed(user)
-                history = self.transcript.history(
-                    self.max_history_chars,
-                    images=self.takes_images(model),
-                    image_chars=self._connection.max_frame_bytes // 2,
-                )
+                history, marked = self._history_for(model)
+            if marked:
+                self.listener.on_transcript()
             self._connection.session.open(reply.id)
             tools = tuple(tool.spec() for tool in list(self.tools.values())) or None
             start = Start(
@@ -657,15 +693,8 @@ def _checked_context(context: list[Attachment] | None) -> list[dict[str, str]]:
 
 
 _ATTACHMENT_KEYS = ("name", "kind", "summary", "text")
-
-
-def _note_pictures_not_sent(message: Message, model: str) -> None:
-    """Say on each of the message's pictures that the model did not get it: the user
-    sees it on the attachment, the DataFrame and the saved copy keep it."""
-    for item in message.context or ():
-        if item.get("image"):
-            note = f"picture not sent: {model} takes no images"
-            item["summary"] = f"{item['summary']}; {note}" if item["summary"] else note
+# Room kept in a request for the frame's own fields, beside the history and pictures.
+PICTURE_MARGIN_BYTES = 32_768
 
 
 def _checked_params(params: dict[str, Any]) -> dict[str, Any]:

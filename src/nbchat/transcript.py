@@ -9,10 +9,11 @@ from __future__ import annotations
 import ast
 import json
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Final
 
-from .context import PICTURE_LEFT_OUT, PICTURE_NOT_SENT, PICTURE_SENT, render_message
+from .context import PICTURE_LEFT_OUT, PICTURE_NOT_SENT, render_message
 from .protocol import (
     FINISH_REASONS,
     IMAGE_URI,
@@ -113,14 +114,14 @@ class Message:
     @property
     def sent_content(self) -> str:
         """The content as the model receives it: the text, then any attachments."""
-        return self.content_with(PICTURE_SENT)
+        return self.content_with({})
 
-    def content_with(self, picture_note: str) -> str:
-        """The content with its attachments, each picture's note saying what became
-        of it (see :func:`nbchat.context.render_message`)."""
+    def content_with(self, picture_notes: Mapping[int, str]) -> str:
+        """The content with its attachments; the attachment at index ``i`` with a
+        picture ends with ``picture_notes[i]`` (default: the picture was sent)."""
         if not self.context:
             return self.content
-        return render_message(self.content, self.context, picture_note)
+        return render_message(self.content, self.context, picture_notes)
 
     @property
     def images(self) -> tuple[str, ...]:
@@ -230,7 +231,7 @@ class Transcript:
         return message
 
     def history(
-        self, max_chars: int | None = None, *, images: bool = False, image_chars: int = 0
+        self, max_chars: int | None = None, *, pictures: PicturePlan | None = None
     ) -> tuple[ChatMessage, ...]:
         """The messages to send with the next request: the system prompt, then every
         message with content. A stopped reply's partial text is kept; an empty failed
@@ -242,18 +243,11 @@ class Transcript:
         always sent. Tool messages go as they are (the call and its result); one whose
         name no API accepts (a model's mistake) is left out.
 
-        With ``images`` (the model takes them), the pictures of user messages go too,
-        the newest first, as long as they fit in ``image_chars`` together; a message's
-        pictures go all or none. Each picture's note says whether the model got it."""
+        ``pictures`` (from :meth:`plan_pictures`) says which pictures go; without it
+        none do. Each picture's note says whether the model got it, and why not."""
         kept = [m for m in self.messages if _sent(m)]
-        pictures = _pictures(kept, image_chars if images else 0)
-        missed = PICTURE_LEFT_OUT if images else PICTURE_NOT_SENT
-        notes = {
-            id(m): PICTURE_SENT if id(m) in pictures else missed
-            for m in kept
-            if m.role == "user" and m.images
-        }
-        sent = [m.content_with(notes[id(m)]) if id(m) in notes else m.sent_content for m in kept]
+        plan = pictures or PicturePlan()
+        sent = [m.content_with(plan.notes(m)) for m in kept]
         if max_chars is not None and kept:
             budget = max_chars - len(self.system or "")
             start, used = len(kept), 0
@@ -276,7 +270,7 @@ class Transcript:
                 arguments=m.tool_arguments or {},
             )
             if m.role == "tool"
-            else ChatMessage(role=m.role, content=text, images=pictures.get(id(m)))
+            else ChatMessage(role=m.role, content=text, images=plan.images(m))
             for m, text in zip(kept, sent, strict=True)
         ]
         return tuple(out)
@@ -367,17 +361,41 @@ _SAVED: Final[dict[str, tuple[type, ...]]] = {
 _ATTACHMENT_FIELDS: Final = ("name", "kind", "text")
 
 
-def _pictures(messages: list[Message], budget: int) -> dict[int, tuple[str, ...]]:
-    """Which user messages' pictures a request carries (by ``id()`` of the message):
-    the newest first while they fit in ``budget`` characters, a message's all or none."""
-    out: dict[int, tuple[str, ...]] = {}
-    for m in reversed(messages):
-        images = m.images if m.role == "user" else ()
-        size = sum(len(i) for i in images)
-        if images and size <= budget:
-            out[id(m)] = images
-            budget -= size
-    return out
+@dataclass
+class PicturePlan:
+    """Which pictures of user messages one request carries, and why the others stay
+    behind: by message (its ``id()``) and attachment index, ``None`` for a picture
+    sent, else the note the model reads instead."""
+
+    left: dict[int, dict[int, str]] = field(default_factory=dict)
+    sent: dict[int, tuple[str, ...]] = field(default_factory=dict)
+
+    def notes(self, message: Message) -> dict[int, str]:
+        return self.left.get(id(message), {})
+
+    def images(self, message: Message) -> tuple[str, ...] | None:
+        return self.sent.get(id(message)) or None
+
+
+def plan_pictures(messages: Iterable[Message], *, images: bool, budget: int) -> PicturePlan:
+    """The pictures a request carries: none when the model takes no images, else the
+    newest first while they fit in ``budget`` characters (each on its own)."""
+    plan = PicturePlan()
+    for m in reversed([m for m in messages if m.role == "user" and m.images]):
+        sent: list[str] = []
+        left: dict[int, str] = {}
+        for i, item in reversed(list(enumerate(m.context or ()))):
+            image = item.get("image")
+            if not image:
+                continue
+            if images and len(image) <= budget:
+                sent.insert(0, image)
+                budget -= len(image)
+            else:
+                left[i] = PICTURE_LEFT_OUT if images else PICTURE_NOT_SENT
+        plan.sent[id(m)] = tuple(sent)
+        plan.left[id(m)] = left
+    return plan
 
 
 def transcript_to_json(transcript: Transcript) -> dict[str, Any]:
@@ -506,6 +524,9 @@ def _context_from(value: list[Any] | None, where: str) -> list[dict[str, str]] |
             if not isinstance(image, str) or not IMAGE_URI.fullmatch(image):
                 raise ValueError(f"{where}: a context image must be a data:image/...;base64 URI")
             loaded["image"] = image
+        picture = item.get("picture")
+        if isinstance(picture, str):
+            loaded["picture"] = picture
         out.append(loaded)
     return out
 

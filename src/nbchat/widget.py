@@ -231,6 +231,8 @@ class Chat(anywidget.AnyWidget):
             if recorder is not None:
                 recorder.close()
             raise
+        if self._embedded:  # its Python functions take pictures, registered when they may
+            self._conversation.local_model = lambda name: MODELS.get(name) is not None
         if not self.model and self._conversation.model:
             # The welcome came before _conversation was set, so the bridge could not
             # read the model the conversation chose (the gateway's default).

@@ -51,8 +51,11 @@ class AnthropicProvider(SDKProvider):
 
     @staticmethod
     def takes_images(model: str) -> bool:
-        """Every Claude model since Claude 3 takes images."""
-        return not model.startswith(("claude-2", "claude-instant"))
+        """Every Claude model since Claude 3 takes images; another model behind this
+        API (a server speaking it at ``base_url``) is not assumed to."""
+        return model.startswith("claude-") and not model.startswith(
+            ("claude-1", "claude-2", "claude-instant")
+        )
 
     def __init__(
         self,

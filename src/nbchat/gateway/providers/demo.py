@@ -142,7 +142,7 @@ def _picture_size(uri: str) -> str:
         header = base64.b64decode(data[:32] + "=" * (-len(data[:32]) % 4))
     except ValueError:
         return kind
-    if kind == "PNG" and header[12:16] == b"IHDR":
+    if kind == "PNG" and header[12:16] == b"IHDR" and len(header) >= 24:
         width, height = struct.unpack(">II", header[16:24])
         return f"{kind}, {width} by {height} pixels"
     return kind

@@ -62,9 +62,14 @@ PASSED_PARAMS = (
 # list does not say, so this goes by name; ``images = true|false`` in a config entry
 # decides for a model it misjudges.
 _TAKES_IMAGES: Final = re.compile(
-    r"gpt-4o|gpt-4\.1|gpt-4-turbo|gpt-5|(?:^|[-_/.:])o[34](?:$|[-_/.:])|vision|llava"
-    r"|[-_/.:]vl(?:$|[-_/.:\d])|pixtral|gemma3|qwen2\.5-?vl|minicpm-v|moondream|llama4",
+    r"gpt-4o|gpt-4\.1|gpt-4-turbo(?!-preview)|gpt-5|(?:^|[-_/.:])(?:o1|o3|o4-mini)(?:$|[-_/.:])"
+    r"|vision|llava|[-_/.:]vl(?:$|[-_/.:\d])|pixtral|gemma3(?![-:]1b)|qwen2\.5-?vl"
+    r"|minicpm-v|moondream|llama4",
     re.IGNORECASE,
+)
+# ... except these variants of them: text or audio only.
+_NO_IMAGES: Final = re.compile(
+    r"(?:^|[-_/.:])o[13]-mini|audio|search|realtime|transcribe|tts", re.IGNORECASE
 )
 
 
@@ -74,7 +79,7 @@ class OpenAICompatProvider(SDKProvider):
     @staticmethod
     def takes_images(model: str) -> bool:
         """Whether ``model`` (the server's name for it) takes images, by its name."""
-        return _TAKES_IMAGES.search(model) is not None
+        return _TAKES_IMAGES.search(model) is not None and _NO_IMAGES.search(model) is None
 
     def __init__(
         self, *, base_url: str | None, api_key: str | None, label: str = "openai", **options: Any
