@@ -13,6 +13,10 @@ export interface Attachment {
   kind: string;
   summary: string;
   text: string;
+  /** A figure's picture: a data:image/png;base64,... URI. */
+  image?: string;
+  /** What the latest request did with the picture ("picture sent to gpt-4o"). */
+  picture?: string;
 }
 
 export interface MessageRecord {

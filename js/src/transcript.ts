@@ -9,9 +9,11 @@ export class TranscriptStore {
   records: MessageRecord[] = [];
   /** Whether the kernel has sent the transcript yet (until then, empty means unknown). */
   loaded = false;
-  private readonly listeners = new Set<() => void>();
+  private readonly listeners = new Set<(from: number) => void>();
 
-  subscribe(listener: () => void): () => void {
+  /** Call `listener(from)` after each change: the records from index `from` on are
+   * new objects (those before it are the same as before). */
+  subscribe(listener: (from: number) => void): () => void {
     this.listeners.add(listener);
     return () => {
       this.listeners.delete(listener);
@@ -22,7 +24,7 @@ export class TranscriptStore {
     if (from > this.records.length) return "gap";
     this.records = this.records.slice(0, from).concat(records);
     this.loaded = true;
-    this.listeners.forEach((listener) => listener());
+    this.listeners.forEach((listener) => listener(from));
     return "applied";
   }
 }

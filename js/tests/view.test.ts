@@ -2,7 +2,8 @@
 import { describe, expect, it } from "vitest";
 
 import type { MessageRecord } from "../src/model";
-import { contextChips, liveMetaLine, messageStatus, statusLabel } from "../src/view";
+import { contextChips, liveMetaLine, messageStatus } from "../src/message";
+import { statusLabel } from "../src/view";
 
 const reply = (over: Partial<MessageRecord>): MessageRecord => ({
   turn: 1, role: "assistant", content: "", model: "demo", finish: null, error: null,
@@ -65,5 +66,29 @@ describe("contextChips", () => {
     expect(list.querySelector("img")).toBeNull();
     expect(list.querySelector("b")).toBeNull();
     expect(list.querySelector("pre")?.innerHTML).toContain("&lt;img");
+  });
+
+  it("shows a figure's picture and what became of it, and only raster data URIs", () => {
+    const png = "data:image/png;base64,iVBORw0KGgo=";
+    const figure = {
+      name: "fig",
+      kind: "matplotlib Figure",
+      summary: "1 axes",
+      text: "A matplotlib figure.",
+      image: png,
+      picture: "picture sent to gpt-4o",
+    };
+    const chip = contextChips([figure]).querySelector("details.nbchat-chip");
+    expect(chip?.querySelector(".nbchat-chip-kind")?.textContent).toBe(
+      "matplotlib Figure, 1 axes, picture sent to gpt-4o",
+    );
+    expect(chip?.querySelector("img.nbchat-chip-picture")?.getAttribute("src")).toBe(png);
+    for (const image of [
+      "data:image/svg+xml;base64,PHN2Zz4=",
+      "https://example.com/a.png",
+      'data:image/png;base64,AAAA" onerror="alert(1)',
+    ]) {
+      expect(contextChips([{ ...figure, image }]).querySelector("img")).toBeNull();
+    }
   });
 });
