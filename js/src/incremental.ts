@@ -6,13 +6,14 @@
 // as `innerHTML = renderMarkdown(reply)` would leave it, with no wrapper per block.
 //
 // Where the tail begins: a blank line ends every block but a few (a list, indented code,
-// an open code fence or HTML block, a link definition's title in quotes), and none of
-// those can reach past a block that the list or code does not take in. So the blocks
+// an open code fence or HTML block, a link definition's title in quotes), and the list
+// and the code end at the first block after it that they do not take in. So the blocks
 // before a blank line are final once a whole block follows it, ended by \n (the half
 // line still arriving can turn "2" into "2.", and the list goes on), unless a link
-// definition's title is still open before it. Marked also looks past the line being
-// parsed (a paragraph stops before "x\n--", a table-like pair), which a blank line
-// stops too: hence the blank line, not any block boundary.
+// definition's title is still open before it. Not any block boundary will do: marked
+// looks past the line it parses (a paragraph ends before "x\n--", which looks like a
+// table's first two lines) and display math takes in lines up to its closing $$, blocks
+// and all; a blank line stops both.
 
 import type { Links, Token } from "marked";
 

@@ -99,6 +99,14 @@ const CORPUS: Record<string, string> = {
     "print(df.head())\n```\n\nSteps:\n\n1. Load the data.\n2. Clean it:\n   ```bash\n   pip install x\n   ```\n" +
     "3. Plot.\n\n| step | time |\n|---|---|\n| load | 1s |\n| plot | 2s |\n\nDone.",
   crlf: "a\r\nb\r\n\r\n- c\r\n- d\r\n\r\n```\r\ncode\r\n```\r\n",
+  // Marked looks past the line it parses: "10. " and "--" split the paragraph before
+  // them (a table's first two lines?) until "--" becomes "---a".
+  lookahead: "a\n10. \n---a\n\nb\n",
+  // Display math takes in a heading when its closing $$ comes.
+  mathOverBlocks: "a\n$$\nb\n# h\nx\n- y\nc$$\n\nafter\n",
+  // A definition's title in quotes runs over blank lines until it closes.
+  openTitle:
+    "See [a] and [b].\n\n[a]: /x\n\"a title\n\nover\n\nblank lines\"\n\n[b]: /y (another\n\nlong\n\none)\n\nend\n",
 };
 
 describe("MarkdownStream", () => {
@@ -214,7 +222,7 @@ describe("MarkdownStream's cost", () => {
     stream.finish();
     // Every node stays where it was, the same object: the rest of the reply came after.
     const after = Array.from(div.childNodes);
-    expect(before.length).toBeGreaterThan(200);
+    expect(before.length).toBe(200); // each block, and the newline after it
     for (const [i, node] of before.entries()) expect(after[i]).toBe(node);
     expect(after.length).toBeGreaterThan(2 * before.length - 10);
   });
@@ -333,7 +341,7 @@ describe("MarkdownStream is safe", () => {
     "<pre> then <img src=x onerror=alert(1) and <script> <svg onload=alert(1)",
   ];
 
-  it.each(payloads)("keeps %j inert however it is cut", async (text) => {
+  it.each(payloads)("keeps %j inert however it is cut", { timeout: 600_000 }, async (text) => {
     await fc.assert(
       fc.asyncProperty(fc.array(fc.nat({ max: text.length }), { maxLength: 12 }), async (cuts) => {
         await tick();
@@ -351,7 +359,7 @@ describe("MarkdownStream is safe", () => {
     );
   });
 
-  it("keeps a payload inert one character at a time", async () => {
+  it("keeps a payload inert one character at a time", { timeout: 600_000 }, async () => {
     const text = payloads.join("\n\n");
     const div = document.createElement("div");
     const stream = new MarkdownStream(div);

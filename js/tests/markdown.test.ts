@@ -39,6 +39,15 @@ describe("renderMarkdown", () => {
     expect(out.textContent).toContain("<script>window.pwned=1</script>");
   });
 
+  it("shows the text after an inline <script>, <pre> or <style> tag as text too", () => {
+    // marked passes that text on as raw HTML for the browser to parse.
+    const source = "a <script> <img src=x onerror=alert(1) b\n\n<pre> <svg onload=alert(1) c &amp; d";
+    const out = dom(renderMarkdown(source));
+    expect(out.querySelector("img, svg, script, pre")).toBeNull();
+    expect(out.textContent).toContain("<script> <img src=x onerror=alert(1) b");
+    expect(out.textContent).toContain("<pre> <svg onload=alert(1) c");
+  });
+
   it("keeps HTML inside code blocks as text", () => {
     const out = dom(renderMarkdown("```html\n<script>alert(1)</script>\n```\n"));
     expect(out.querySelector("script")).toBeNull();
