@@ -11,11 +11,21 @@ from hypothesis import settings
 from nbchat import Chat
 from nbchat.gateway import EmbeddedGateway, Gateway
 
+from replay_server import Replay
+
 # A fixed budget in CI. For a long run (about 4 minutes):
 #   HYPOTHESIS_PROFILE=long .venv/bin/pytest --timeout=0 tests/test_fuzz.py
 settings.register_profile("ci", max_examples=300, deadline=None, derandomize=True)
 settings.register_profile("long", max_examples=50_000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture
+def replay() -> Iterator[Replay]:
+    """The replay server of recorded provider streams (tests/replay_server.py)."""
+    server = Replay().start()
+    yield server
+    server.close()
 
 
 @pytest.fixture

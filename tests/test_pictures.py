@@ -45,13 +45,6 @@ def sales_figure() -> Any:
 
 
 @pytest.fixture
-def replay() -> Iterator[Replay]:
-    server = Replay().start()
-    yield server
-    server.close()
-
-
-@pytest.fixture
 def gateway(replay: Replay) -> Iterator[EmbeddedGateway]:
     openai = OpenAICompatProvider(base_url=replay.base_url, api_key="sk-test")
     claude = AnthropicProvider(base_url=f"http://127.0.0.1:{replay.port}", api_key="sk-ant")

@@ -75,13 +75,6 @@ FAILING = [
 
 
 @pytest.fixture
-def replay() -> Iterator[Replay]:
-    server = Replay().start()
-    yield server
-    server.close()
-
-
-@pytest.fixture
 def config(tmp_path: Path, replay: Replay, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("NBCHAT_TEST_KEY", SECRET)
     monkeypatch.setenv("NBCHAT_TEST_ANTHROPIC_KEY", OTHER_SECRET)
@@ -438,11 +431,12 @@ def test_openai_compatible_models_take_images_by_their_name(model: str, takes: b
     assert not AnthropicProvider.takes_images("deepseek-chat")  # another server, same API
 
 
-def test_a_saved_openai_reply_with_usage_details_loads_again(tmp_path: Path) -> None:
+def test_a_saved_openai_reply_with_usage_details_loads_again(
+    tmp_path: Path, replay: Replay
+) -> None:
     """OpenAI's usage groups some counts (``prompt_tokens_details``): a transcript that
     holds one must load again, in a new kernel as from a file."""
-    server = Replay().start()
-    provider = OpenAICompatProvider(base_url=server.base_url, api_key="sk-test")
+    provider = OpenAICompatProvider(base_url=replay.base_url, api_key="sk-test")
     gateway = EmbeddedGateway(
         Gateway(models={"gpt": ModelRoute(provider, "gpt-4o-mini")}, token="t")
     ).start()
@@ -456,4 +450,3 @@ def test_a_saved_openai_reply_with_usage_details_loads_again(tmp_path: Path) -> 
             assert again._conversation.transcript.messages[1].usage == reply.usage
     finally:
         gateway.close()
-        server.close()
