@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from html.parser import HTMLParser
 
-from nbchat.saved_copy import SAVED_ATTRIBUTE, SavedCopy
+from nbchat.saved_copy import SAVED_ATTRIBUTE, SavedCopy, update_interval
 from nbchat.transcript import Transcript
 
 
@@ -101,3 +101,10 @@ def test_a_finished_message_is_rendered_once_and_a_streaming_one_each_time() -> 
     assert first == ["done answer", "so far"]
     assert rendered[len(first) :] == ["so far and more"]
     assert "streaming" in html  # the footer says the reply had not ended
+
+
+def test_a_bigger_copy_is_rewritten_less_often_but_within_five_seconds() -> None:
+    assert update_interval(5_000) == 1.0  # a short chat: once a second, as before
+    assert update_interval(320_000) == 5.0  # 64 kB a second at most
+    assert update_interval(10**9) == 5.0  # the last turn lands within 5 s, however big
+    assert update_interval(128_000) == 2.0

@@ -23,7 +23,14 @@ from markdown_it import MarkdownIt
 
 from .transcript import Message, Transcript, footer_line, transcript_to_markdown
 
-__all__ = ["MAX_SAVED_CHARS", "SAVED_ATTRIBUTE", "SavedCopy", "view_note"]
+__all__ = [
+    "MAX_SAVED_CHARS",
+    "SAVED_ATTRIBUTE",
+    "SAVED_BYTES_PER_S",
+    "SavedCopy",
+    "update_interval",
+    "view_note",
+]
 
 # The attribute that marks a saved copy in the page; the live pane hides the element
 # that carries its chat's id.
@@ -32,6 +39,18 @@ SAVED_ATTRIBUTE: Final = "data-nbchat-saved"
 # resent whole at each turn, so its size bounds that traffic; the whole conversation
 # is in chat.save() or a named conversation.
 MAX_SAVED_CHARS: Final = 200_000
+# The copy's share of the kernel's WebSocket: a copy is rewritten whole, so a big one
+# waits longer before the next (1 s at least, 5 s at most, so the last turn is in the
+# notebook within 5 s of its end).
+SAVED_BYTES_PER_S: Final = 64_000
+MIN_INTERVAL_S: Final = 1.0
+MAX_INTERVAL_S: Final = 5.0
+
+
+def update_interval(size_bytes: int) -> float:
+    """Seconds to wait after publishing a copy of ``size_bytes`` before the next."""
+    return min(MAX_INTERVAL_S, max(MIN_INTERVAL_S, size_bytes / SAVED_BYTES_PER_S))
+
 
 _STYLE: Final = """<style>
 .nbchat-saved{font-family:var(--jp-ui-font-family,sans-serif);font-size:var(--jp-content-font-size1,14px);

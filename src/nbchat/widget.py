@@ -28,7 +28,7 @@ from .gateway.embedded import configured_models, shared_gateway
 from .local_models import MODELS, REMOTE_GATEWAY_MESSAGE, ModelFunction
 from .pane import StreamBatcher, TranscriptSync, parse_command
 from .reply import Reply
-from .saved_copy import SavedCopy, view_note
+from .saved_copy import SavedCopy, update_interval, view_note
 from .tools import Tool, make_tool
 from .transcript import (
     Transcript,
@@ -665,7 +665,8 @@ class _SavedCopyDisplay:
     """Keeps a chat's saved copy in the notebook: a display output after the pane whose
     bundle is the conversation as HTML and Markdown (:mod:`nbchat.saved_copy`), so a
     saved notebook shows it without a kernel. Updated by display id at turn boundaries,
-    at most once per :data:`SAVED_COPY_INTERVAL_S`, from the client loop thread; never
+    at most once a second, less often as it grows (:func:`~nbchat.saved_copy.update_interval`:
+    at most 5 s), from the client loop thread; never
     through the widget, whose view would be rebuilt by an update of its own output."""
 
     def __init__(self, chat: Chat) -> None:
@@ -677,6 +678,7 @@ class _SavedCopyDisplay:
         self._cell: str | None = None  # that cell's id, when the front end says it
         self._handle: asyncio.TimerHandle | None = None
         self._last = -SAVED_COPY_INTERVAL_S
+        self._interval = SAVED_COPY_INTERVAL_S  # after the last update: by its size
 
     def show(self) -> None:
         """Publish the copy as a new output of the running cell. A view in another
@@ -701,7 +703,7 @@ class _SavedCopyDisplay:
     def _schedule(self) -> None:
         if self._handle is None:
             loop = asyncio.get_running_loop()
-            delay = max(0.0, self._last + SAVED_COPY_INTERVAL_S - loop.time())
+            delay = max(0.0, self._last + self._interval - loop.time())
             self._handle = loop.call_later(delay, self._publish)
 
     def _publish(self) -> None:
@@ -715,9 +717,9 @@ class _SavedCopyDisplay:
         if self._parent and hasattr(publisher, "set_thread_parent"):
             token = publisher.set_thread_parent(self._parent)
         try:
-            update_display(  # type: ignore[no-untyped-call]
-                self._bundle(), raw=True, display_id=self.display_id
-            )
+            bundle = self._bundle()
+            self._interval = update_interval(sum(len(v.encode()) for v in bundle.values()))
+            update_display(bundle, raw=True, display_id=self.display_id)  # type: ignore[no-untyped-call]
         except Exception as exc:  # a kernel shutting down must not end the client loop
             log.debug("saved copy not updated: %s", exc)
         finally:
