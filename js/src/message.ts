@@ -258,7 +258,15 @@ export class MessageView {
       this.body.removeAttribute("aria-busy");
     }
     parts.push(this.body);
-    if (message.context?.length) parts.push(contextChips(message.context));
+    if (message.context?.length) {
+      // A chip the reader opened stays open when its line changes (a picture's fate).
+      const opened = Array.from(this.el.querySelectorAll<HTMLDetailsElement>("details.nbchat-chip"), (c) => c.open);
+      const chips = contextChips(message.context);
+      chips.querySelectorAll<HTMLDetailsElement>("details.nbchat-chip").forEach((chip, i) => {
+        chip.open = opened[i] ?? false;
+      });
+      parts.push(chips);
+    }
     if (message.error) {
       const error = element("div", "nbchat-msg-error", { role: "alert" });
       error.textContent = message.error;

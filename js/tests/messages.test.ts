@@ -109,6 +109,20 @@ describe("keyed messages", () => {
     expect(third?.querySelector(".nbchat-meta")?.textContent).toBe("1.5 s · 40 tok/s");
   });
 
+  it("keep an opened chip open when its picture line changes", () => {
+    const { apply, items } = pane();
+    const figure = {
+      name: "fig", kind: "matplotlib Figure", summary: "1 axes", text: "A figure.",
+      image: "data:image/png;base64,iVBORw0KGgo=", picture: "picture sent to demo",
+    };
+    apply(0, [{ ...user(1), context: [figure] }, reply(1)]);
+    const chip = () => items()[0]?.querySelector<HTMLDetailsElement>("details.nbchat-chip");
+    (chip() as HTMLDetailsElement).open = true;
+    apply(0, [{ ...user(1), context: [{ ...figure, picture: "picture not sent: no room left" }] }]);
+    expect(chip()?.textContent).toContain("picture not sent: no room left");
+    expect(chip()?.open).toBe(true);
+  });
+
   it("touch only the new message on an append", () => {
     const { apply, log, items } = pane();
     apply(0, conversation(3));
