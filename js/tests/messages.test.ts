@@ -6,36 +6,11 @@ import { afterEach, describe, expect, it, vi } from "vitest";
 
 import { MarkdownStream } from "../src/incremental";
 import { messageKey } from "../src/messages";
-import type { ChatModel, MessageRecord, PaneCommand } from "../src/model";
+import type { ChatModel, MessageRecord } from "../src/model";
 import { LiveStream } from "../src/stream";
 import { TranscriptStore } from "../src/transcript";
 import { renderChat } from "../src/view";
-
-class FakeModel {
-  sent: PaneCommand[] = [];
-  private readonly handlers = new Map<string, Set<() => void>>();
-
-  constructor(private readonly state: ChatModel) {}
-
-  get<K extends keyof ChatModel>(name: K): ChatModel[K] {
-    return this.state[name];
-  }
-  set<K extends keyof ChatModel>(name: K, value: ChatModel[K]): void {
-    this.state[name] = value;
-    this.handlers.get(`change:${name}`)?.forEach((handler) => handler());
-  }
-  save_changes(): void {}
-  send(message: PaneCommand): void {
-    this.sent.push(message);
-  }
-  on(event: string, handler: () => void): void {
-    if (!this.handlers.has(event)) this.handlers.set(event, new Set());
-    this.handlers.get(event)?.add(handler);
-  }
-  off(event: string, handler: () => void): void {
-    this.handlers.get(event)?.delete(handler);
-  }
-}
+import { FakeModel } from "./fake-model";
 
 const user = (turn: number, content = `question ${turn}`): MessageRecord => ({
   turn, role: "user", content, model: null, finish: null, error: null, reply_id: null,

@@ -3,39 +3,11 @@
 import type { AnyModel } from "@anywidget/types";
 import { afterEach, describe, expect, it } from "vitest";
 
-import type { ChatModel, MessageRecord, PaneCommand } from "../src/model";
+import type { ChatModel, MessageRecord } from "../src/model";
 import { LiveStream } from "../src/stream";
 import { TranscriptStore } from "../src/transcript";
 import { EXAMPLE_PROMPTS, isSaveShortcut, pickerModels, renderChat } from "../src/view";
-
-class FakeModel {
-  sent: PaneCommand[] = [];
-  saves = 0;
-  private readonly handlers = new Map<string, Set<() => void>>();
-
-  constructor(private readonly state: ChatModel) {}
-
-  get<K extends keyof ChatModel>(name: K): ChatModel[K] {
-    return this.state[name];
-  }
-  set<K extends keyof ChatModel>(name: K, value: ChatModel[K]): void {
-    this.state[name] = value;
-    this.handlers.get(`change:${name}`)?.forEach((handler) => handler());
-  }
-  save_changes(): void {
-    this.saves += 1;
-  }
-  send(message: PaneCommand): void {
-    this.sent.push(message);
-  }
-  on(event: string, handler: () => void): void {
-    if (!this.handlers.has(event)) this.handlers.set(event, new Set());
-    this.handlers.get(event)?.add(handler);
-  }
-  off(event: string, handler: () => void): void {
-    this.handlers.get(event)?.delete(handler);
-  }
-}
+import { FakeModel } from "./fake-model";
 
 const record = (over: Partial<MessageRecord>): MessageRecord => ({
   turn: 1, role: "assistant", content: "", model: "demo", finish: "stop", error: null,
