@@ -24,7 +24,9 @@ from markdown_it import MarkdownIt
 from .transcript import Message, Transcript, footer_line, transcript_to_markdown
 
 __all__ = [
+    "MAX_INTERVAL_S",
     "MAX_SAVED_CHARS",
+    "MIN_INTERVAL_S",
     "SAVED_ATTRIBUTE",
     "SAVED_BYTES_PER_S",
     "SavedCopy",

@@ -28,7 +28,7 @@ from .gateway.embedded import configured_models, shared_gateway
 from .local_models import MODELS, REMOTE_GATEWAY_MESSAGE, ModelFunction
 from .pane import StreamBatcher, TranscriptSync, parse_command
 from .reply import Reply
-from .saved_copy import SavedCopy, update_interval, view_note
+from .saved_copy import MIN_INTERVAL_S, SavedCopy, update_interval, view_note
 from .tools import Tool, make_tool
 from .transcript import (
     Transcript,
@@ -46,10 +46,6 @@ __all__ = ["Chat"]
 log = logging.getLogger("nbchat")
 
 _Fn = TypeVar("_Fn", bound=Callable[..., Any])
-
-# How often, at most, the saved copy in the notebook is rewritten (it is resent whole).
-SAVED_COPY_INTERVAL_S = 1.0
-
 
 _STATIC = Path(__file__).parent / "static"
 _MISSING_BUNDLE = """
@@ -677,8 +673,8 @@ class _SavedCopyDisplay:
         self._parent: Any = None  # the header of the cell that showed it
         self._cell: str | None = None  # that cell's id, when the front end says it
         self._handle: asyncio.TimerHandle | None = None
-        self._last = -SAVED_COPY_INTERVAL_S
-        self._interval = SAVED_COPY_INTERVAL_S  # after the last update: by its size
+        self._last = -MIN_INTERVAL_S
+        self._interval = MIN_INTERVAL_S  # after the last update: by its size
 
     def show(self) -> None:
         """Publish the copy as a new output of the running cell. A view in another
