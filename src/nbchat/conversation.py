@@ -338,12 +338,12 @@ class Conversation:
         user's view of any picture (its ``picture`` line) changed. Under the lock."""
         takes = self.takes_images(model)
         frame = self._connection.max_frame_bytes
-        if takes:
+        budget = 0
+        # The text is measured only when there are pictures to fit beside it.
+        if takes and any(m.images for m in self.transcript.messages if m.role == "user"):
             text = self.transcript.history(self.max_history_chars)
             text_bytes = sum(len(m.content.encode("utf-8", "replace")) + 64 for m in text)
             budget = max(0, min(frame // 2, frame - text_bytes - PICTURE_MARGIN_BYTES))
-        else:
-            budget = 0
         plan = plan_pictures(self.transcript.messages, images=takes, budget=budget)
         marked = False
         for m in self.transcript.messages:
