@@ -10,6 +10,7 @@ from hypothesis import settings
 
 from nbchat import Chat
 from nbchat.gateway import EmbeddedGateway, Gateway
+from nbchat.local_models import MODELS
 
 from replay_server import Replay
 
@@ -18,6 +19,16 @@ from replay_server import Replay
 settings.register_profile("ci", max_examples=300, deadline=None, derandomize=True)
 settings.register_profile("long", max_examples=50_000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture(autouse=True)
+def forget_registered_models() -> Iterator[None]:
+    """The registry of Python functions as models is the process's: what a test
+    registers (Chat(model=fn) does) goes with it, so no other test sees it offered."""
+    before = set(MODELS.names())
+    yield
+    for name in set(MODELS.names()) - before:
+        MODELS.remove(name)
 
 
 @pytest.fixture

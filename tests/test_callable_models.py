@@ -23,15 +23,6 @@ from timeouts import TIMEOUT, wait_until
 WORDS = ["one ", "two ", "three ", "four ", "five "]
 
 
-@pytest.fixture(autouse=True)
-def forget_registered_models() -> Iterator[None]:
-    """The registry is the process's: what a test registers goes with it."""
-    before = set(MODELS.names())
-    yield
-    for name in set(MODELS.names()) - before:
-        MODELS.remove(name)
-
-
 @pytest.fixture
 def make_chat() -> Iterator[Callable[..., Chat]]:
     """Chats on the process's embedded gateway (no url), closed after the test."""
