@@ -8,6 +8,10 @@ down, or lost with it) go out again, in order, after the resume. Everything here
 on the loop thread; other threads reach it through :func:`client_loop` and
 ``run_coroutine_threadsafe``.
 
+A connection may be given several gateway URLs (gateways sharing one session store):
+each attempt goes to the URL after the one last used or tried, wrapping around, and
+the session resumes wherever it lands (see :meth:`ClientConnection._reconnect`).
+
 One task owns the link for its whole life (:meth:`ClientConnection._keep_up`): it
 serves a WebSocket until it drops, reconnects, and serves the next. Whatever fails
 while serving (a cut during the resend after a resume included) ends in that loop,
@@ -23,12 +27,18 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Final, Literal
 
 from websockets.asyncio.client import ClientConnection as WebSocket
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
+from websockets.exceptions import (
+    ConnectionClosed,
+    InvalidStatus,
+    InvalidURI,
+    WebSocketException,
+)
+from websockets.uri import parse_uri
 
 from . import __version__
 from .backoff import Backoff
@@ -54,6 +64,7 @@ __all__ = [
     "RequestTooLarge",
     "client_loop",
     "detection_bound_s",
+    "gateway_urls",
 ]
 
 log = logging.getLogger("nbchat.client")
@@ -75,6 +86,48 @@ def detection_bound_s(heartbeat_s: float) -> float:
 
 
 LinkState = Literal["new", "connected", "reconnecting", "offline", "closed"]
+
+_URL_EXAMPLE: Final = "'ws://host:8765/v1/chat'"
+
+
+def gateway_urls(url: object) -> tuple[str, ...]:
+    """The gateway URLs ``url`` names: one ``ws://`` or ``wss://`` URL, or a non-empty
+    list or tuple of them (tried in order). Raises :class:`ValueError` saying what is
+    wrong, before anything connects."""
+    if isinstance(url, str):
+        items: tuple[object, ...] = (url,)
+        several = False
+    elif isinstance(url, (list, tuple)):
+        items, several = tuple(url), True
+        if not items:
+            raise ValueError(
+                f"url is an empty list; give at least one gateway URL, e.g. {_URL_EXAMPLE}"
+            )
+    else:
+        raise ValueError(
+            f"url must be a gateway URL (str) or a list of them, not {type(url).__name__}; "
+            f"e.g. {_URL_EXAMPLE}"
+        )
+    urls: list[str] = []
+    for i, item in enumerate(items):
+        name = f"url[{i}]" if several else "url"
+        if not isinstance(item, str):
+            raise ValueError(
+                f"{name} is {item!r} ({type(item).__name__}), not a str; each gateway URL "
+                f"is a str like {_URL_EXAMPLE}"
+            )
+        try:
+            parse_uri(item)
+        except (InvalidURI, ValueError) as exc:
+            reason = str(exc).removeprefix(f"{item} isn't a valid URI: ")
+            reason = reason[:1].lower() + reason[1:]
+            raise ValueError(
+                f"{name} {item!r} is not a WebSocket URL ({reason}); a gateway URL looks "
+                f"like {_URL_EXAMPLE} (wss:// for TLS)"
+            ) from None
+        urls.append(item)
+    return tuple(urls)
+
 
 _loop: asyncio.AbstractEventLoop | None = None
 _loop_lock = threading.Lock()
@@ -112,11 +165,14 @@ class ClientConnection:
     welcome of each resume included). ``on_state`` hears of every change of the link:
     ``(state, detail)`` with ``detail`` saying the attempt and delay while reconnecting,
     how long the resume took once connected again, and why when offline.
+
+    ``url`` is one gateway URL or several (see :meth:`_reconnect` for the order they
+    are tried in); :attr:`url` is the one in use (the last one connected to).
     """
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         *,
         token: str | None,
         on_frame: Callable[[ServerFrame], None],
@@ -125,7 +181,9 @@ class ClientConnection:
         heartbeat_s: float = DEFAULT_HEARTBEAT_S,
         rng: random.Random | None = None,
     ) -> None:
-        self.url = url
+        self.urls = gateway_urls(url)
+        self.url = self.urls[0]  # the gateway in use: the last one that welcomed us
+        self._next = 0  # index in urls of the gateway the next attempt goes to
         self.token = token
         self.session = ClientSession()
         self.welcome: Welcome | None = None
@@ -162,22 +220,43 @@ class ClientConnection:
 
     async def open(self) -> Welcome:
         """Connect once, say hello (resuming the session if there is one) and wait for
-        the welcome. Raises :class:`GatewayUnavailable` with a plain reason on failure;
-        it does not retry (a chat that has never connected reports at once)."""
+        the welcome. With several URLs each is tried once, in order, from the one after
+        the last used or tried (the first, the first time). Raises
+        :class:`GatewayUnavailable` with a plain reason (each gateway's) when none
+        welcomes us; it does not retry (a chat that has never connected reports at once)."""
         self._opening = True
+        failures: list[str] = []
+        connected: tuple[WebSocket, Welcome] | None = None
         try:
-            websocket, welcome = await self._connect(OPEN_TIMEOUT_S)
+            for _ in self.urls:
+                if self.closed:
+                    failures.append("the chat was closed")
+                    break
+                try:
+                    connected = await self._connect(self._take_url(), OPEN_TIMEOUT_S)
+                    break
+                except GatewayUnavailable as exc:
+                    failures.append(str(exc))
         finally:
             self._opening = False
+        if connected is None:
+            raise GatewayUnavailable("; ".join(failures))
+        websocket, welcome = connected
         self._set_state("connected")
         self._link = asyncio.create_task(self._keep_up(websocket))
         return welcome
 
-    async def _connect(self, timeout: float) -> tuple[WebSocket, Welcome]:
+    def _take_url(self) -> str:
+        """The URL the next attempt goes to; the one after it is next in line."""
+        url = self.urls[self._next]
+        self._next = (self._next + 1) % len(self.urls)
+        return url
+
+    async def _connect(self, url: str, timeout: float) -> tuple[WebSocket, Welcome]:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         try:
             websocket = await connect(
-                self.url,
+                url,
                 additional_headers=headers,
                 proxy=None,  # the gateway is reached directly, never via HTTP(S)_PROXY
                 open_timeout=timeout,
@@ -190,10 +269,10 @@ class ClientConnection:
         except InvalidStatus as exc:
             status = exc.response.status_code
             reason = "wrong or missing token" if status == 401 else f"HTTP {status}"
-            raise GatewayUnavailable(f"the gateway at {self.url} refused: {reason}") from None
+            raise GatewayUnavailable(f"the gateway at {url} refused: {reason}") from None
         except (OSError, TimeoutError, WebSocketException) as exc:
             raise GatewayUnavailable(
-                f"cannot reach the gateway at {self.url}: {exc or type(exc).__name__}"
+                f"cannot reach the gateway at {url}: {exc or type(exc).__name__}"
             ) from None
         try:
             resuming = self.session.session_id is not None
@@ -206,18 +285,15 @@ class ClientConnection:
             welcome = decode_server(await asyncio.wait_for(websocket.recv(), timeout))
         except (ConnectionClosed, TimeoutError, ProtocolError) as exc:
             await websocket.close()
-            raise GatewayUnavailable(
-                f"the gateway at {self.url} did not welcome us: {exc}"
-            ) from None
+            raise GatewayUnavailable(f"the gateway at {url} did not welcome us: {exc}") from None
         if not isinstance(welcome, Welcome):
             await websocket.close()
             if isinstance(welcome, Error):  # its own words: "busy: ... try again later"
                 raise GatewayUnavailable(
-                    f"the gateway at {self.url} refused: {welcome.code}: {welcome.message}"
+                    f"the gateway at {url} refused: {welcome.code}: {welcome.message}"
                 )
-            raise GatewayUnavailable(
-                f"the gateway at {self.url} answered {welcome.type!r} to hello"
-            )
+            raise GatewayUnavailable(f"the gateway at {url} answered {welcome.type!r} to hello")
+        self.url = url  # before the welcome is handled: its handler may read it
         self.session.receive(welcome)
         self.welcome = welcome
         self._websocket = websocket
@@ -314,40 +390,71 @@ class ClientConnection:
         )
 
     async def _reconnect(self, immediate: bool) -> WebSocket | None:
-        """Reconnect with backoff; the new WebSocket, or None once given up."""
+        """Reconnect with backoff; the new WebSocket, or None once given up.
+
+        The failover rule, with several gateway URLs: each attempt goes to the URL
+        after the one last used or tried, wrapping around, so after a drop the
+        gateway that dropped is tried last, and every other one before it is tried
+        again. A round is one attempt at each URL; the backoff counts rounds: before
+        the first attempt of round ``n`` the link waits ``backoff.delay(n)`` (the
+        first within ``backoff.initial_s``), and after a failed attempt the next URL
+        of the round is tried at once. So a dead gateway (refused at once) costs no
+        wait before the next is tried; one that does not answer at all costs its
+        open timeout (at most ``OPEN_TIMEOUT_S``). ``backoff.max_attempts`` counts
+        rounds (each gateway is tried that many times), ``give_up_after_s`` the time
+        since the drop, as with one URL. The session resumes (same session id and
+        last seq) wherever the link lands; a gateway that does not know it starts a
+        new one (``welcome.resumed`` false). With one URL a round is one attempt:
+        exactly the single-gateway behaviour.
+        """
         dropped_at = time.monotonic()
-        attempt = 0
+        count = len(self.urls)
+        attempt = 0  # attempts made since the drop, at any gateway
+        manual = False
         while True:
             attempt += 1
+            round_, place = divmod(attempt - 1, count)
+            url = self._take_url()
             remaining = self.backoff.remaining(time.monotonic() - dropped_at)
-            delay = 0.0 if immediate else self.backoff.delay(attempt, self._rng)
+            if place == 0:  # a round begins: back off
+                delay = 0.0 if immediate else self.backoff.delay(round_ + 1, self._rng)
+            else:  # the previous gateway of this round failed: the next one at once
+                delay = 0.0
             if remaining is not None:
                 delay = min(delay, remaining)
-            self._set_state("reconnecting", f"attempt {attempt}, next in {delay:.1f} s")
+            where = f" to {url}" if count > 1 else ""
+            self._set_state("reconnecting", f"attempt {attempt}, next in {delay:.1f} s{where}")
             self._retry_now.clear()
-            with contextlib.suppress(TimeoutError):  # the Retry button cuts it short
-                await asyncio.wait_for(self._retry_now.wait(), delay)
-            manual, immediate = self._retry_now.is_set() or immediate, False
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):  # the Retry button cuts it short
+                    await asyncio.wait_for(self._retry_now.wait(), delay)
+            if place == 0:
+                manual = self._retry_now.is_set() or immediate
+            immediate = False
             remaining = self.backoff.remaining(time.monotonic() - dropped_at)
             timeout = OPEN_TIMEOUT_S if remaining is None else min(OPEN_TIMEOUT_S, remaining)
             try:
-                websocket, welcome = await self._connect(max(timeout, 0.05))
+                websocket, welcome = await self._connect(url, max(timeout, 0.05))
             except GatewayUnavailable as exc:
                 elapsed = time.monotonic() - dropped_at
-                if self.backoff.exhausted(attempt, elapsed):
+                if self.backoff.exhausted(attempt // count, elapsed):
+                    gateways = f" at {count} gateways" if count > 1 else ""
                     self._set_state(
-                        "offline", f"gave up after {attempt} attempts in {elapsed:.1f} s: {exc}"
+                        "offline",
+                        f"gave up after {attempt} attempts{gateways} in {elapsed:.1f} s: {exc}",
                     )
                     return None
                 continue
             took = time.monotonic() - dropped_at
+            at = f" at {url}" if count > 1 else ""
             if not welcome.resumed:
-                detail = "new session: the gateway no longer had this chat's session"
+                had = "did not have" if count > 1 else "no longer had"
+                detail = f"new session{at}: the gateway {had} this chat's session"
             elif manual:
-                detail = "reconnected"
+                detail = f"reconnected{at}"
             else:
                 self.resumes.append(took)
-                detail = f"resumed after {took:.1f} s"
+                detail = f"resumed after {took:.1f} s{at}"
             self._set_state("connected", detail)
             return websocket
 

@@ -14,7 +14,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -100,7 +100,7 @@ class Conversation:
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         *,
         token: str | None = None,
         model: str | None = None,
@@ -121,7 +121,6 @@ class Conversation:
         # Functions the model may call, by name (shared with the Chat, which adds to
         # it); offered with each start, run here when the gateway sends a tool_call.
         self.tools: dict[str, Tool] = tools if tools is not None else {}
-        self.url = url
         self.model = model
         self.models: list[str] = []
         self.image_models: set[str] = set()  # of models, those that take images
@@ -146,6 +145,7 @@ class Conversation:
         # Calls of tools with confirm=True waiting for the user's answer, by call id.
         self._asking: dict[str, asyncio.Future[bool]] = {}
         self._closing = False
+        self._welcomed_at: str | None = None  # the gateway of the latest welcome
         self._connection = ClientConnection(
             url,
             token=token,
@@ -269,6 +269,16 @@ class Conversation:
     @property
     def connection(self) -> ClientConnection:
         return self._connection
+
+    @property
+    def url(self) -> str:
+        """The gateway URL in use (of several, the one that last welcomed this chat)."""
+        return self._connection.url
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """Every gateway URL this chat may use, in the order they are tried."""
+        return self._connection.urls
 
     def _control(self, action: str, reply: Reply) -> None:
         asyncio.run_coroutine_threadsafe(self._apply_control(action, reply), self._loop)
@@ -439,15 +449,21 @@ class Conversation:
             if frame.notice != self.notice:
                 self.notice = frame.notice
                 self._set_status(self.status, detail=self.status_detail)
+            moved = self._welcomed_at is not None and self._welcomed_at != self.url
+            self._welcomed_at = self.url
             if not frame.resumed and in_flight is not None and self._was_seen(in_flight):
-                # The gateway no longer knows the session: nothing more will come. (A
+                # The gateway does not know the session: nothing more will come. (A
                 # start it never saw is sent again in the new session instead.)
+                why = (
+                    f"the link moved to the gateway at {self.url}, which does not have "
+                    "this chat's session (gateways share sessions only through a shared "
+                    "store)"
+                    if moved
+                    else "the gateway no longer has this chat's session (it restarted, "
+                    "or the session expired)"
+                )
                 self._end(
-                    in_flight,
-                    "error",
-                    code="session_lost",
-                    error="the gateway no longer has this chat's session (it "
-                    "restarted, or the session expired); the reply ends here",
+                    in_flight, "error", code="session_lost", error=f"{why}; the reply ends here"
                 )
             return
         if in_flight is None or getattr(frame, "reply", None) != in_flight.reply.id:

@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -20,7 +20,7 @@ import anywidget
 import traitlets
 
 from .backoff import Backoff
-from .client import DEFAULT_HEARTBEAT_S
+from .client import DEFAULT_HEARTBEAT_S, gateway_urls
 from .context import gather
 from .conversation import ConnectionStatus, Conversation, ConversationListener
 from .conversation_store import ConversationRecorder
@@ -81,8 +81,11 @@ class Chat(anywidget.AnyWidget):
          heartbeat_s=10, max_history_chars=None, conversation=None, tools=None,
          **params)
 
-        url: a gateway started with ``nbchat serve`` ("ws://host:8765/v1/chat"); None
-            starts one in this process, with the offline ``demo`` model.
+        url: a gateway started with ``nbchat serve`` ("ws://host:8765/v1/chat"), or a
+            list of them (gateways sharing one session store): the chat connects to
+            the first, and after a drop tries the next one, then the others in order,
+            wrapping around, resuming the session wherever it lands; None starts one
+            in this process, with the offline ``demo`` model.
         model: the model for the next message (default: the gateway's default), or a
             Python function to be the model: ``fn(messages, **params)`` returning or
             yielding str, sync or async; it runs in this kernel (no ``url``).
@@ -133,6 +136,8 @@ class Chat(anywidget.AnyWidget):
         status: connecting, connected, reconnecting, offline or closed.
         status_detail: e.g. "attempt 2, next in 0.7 s".
         error: what is wrong, in plain words, or "".
+        url: the gateway in use (of several, the one that last welcomed this chat);
+            urls: all of them, in the order they are tried.
         models: the models the gateway offers; model: the one used next (assigning a
             function makes it the model, and ``model`` reads its name).
         active: the reply in flight as {reply, status, model}, or {}; with
@@ -162,7 +167,7 @@ class Chat(anywidget.AnyWidget):
 
     def __init__(
         self,
-        url: str | None = None,
+        url: str | Sequence[str] | None = None,
         model: str | ModelFunction | None = None,
         system: str | None = None,
         token: str | None = None,
@@ -174,8 +179,10 @@ class Chat(anywidget.AnyWidget):
         tools: Iterable[Callable[..., Any]] | None = None,
         **params: Any,
     ) -> None:
-        # Checked first: a function that cannot be a tool is an error before anything
-        # starts. The Conversation shares this dict, so later @chat.tool adds to it.
+        # Checked first: a bad gateway URL, or a function that cannot be a tool, is an
+        # error before anything starts. The Conversation shares the tools dict, so
+        # later @chat.tool adds to it.
+        urls = gateway_urls(url) if url is not None else None
         self._tools: dict[str, Tool] = {}
         for fn in tools or ():
             tool = make_tool(fn)
@@ -199,11 +206,10 @@ class Chat(anywidget.AnyWidget):
         # Whatever fails from here on, the recorder's thread and file are let go.
         try:
             super().__init__()
-            self._embedded = url is None  # only then can a Python function be the model
-            if url is None:
+            self._embedded = urls is None  # only then can a Python function be the model
+            if urls is None:
                 gateway = shared_gateway()
-                url, token = gateway.url, gateway.token
-            self.url = url
+                urls, token = (gateway.url,), gateway.token
             if model:
                 self.model = model
             self._saved = _SavedCopyDisplay(self)
@@ -212,7 +218,7 @@ class Chat(anywidget.AnyWidget):
             if recorder is not None:
                 recorder.inner = self._bridge
             self._conversation = Conversation(
-                url,
+                urls,
                 token=token,
                 model=model,
                 system=system,
@@ -240,6 +246,17 @@ class Chat(anywidget.AnyWidget):
                 self._conversation.replace_transcript(recorder.stored.transcript)
         self.on_msg(self._on_pane_message)
         _keep_pane_messages_on_their_subshell(self.comm)
+
+    @property
+    def url(self) -> str:
+        """The gateway URL in use: of several, the one that last welcomed this chat
+        (the first until then)."""
+        return self._conversation.url
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """Every gateway URL this chat may use, in the order they are tried."""
+        return self._conversation.urls
 
     @traitlets.default("chat_id")
     def _new_chat_id(self) -> str:
