@@ -73,7 +73,7 @@ def prompts(chat_index: int, turns: int) -> list[str]:
 
 
 def run_soak(
-    gateway: EmbeddedGateway,
+    gateway: EmbeddedGateway | list[EmbeddedGateway],
     seed: int,
     *,
     chats: int = 8,
@@ -82,21 +82,30 @@ def run_soak(
     stall_every: int = 30,
     tokens_per_s: float = 150,
 ) -> SoakResult:
-    """Converse through chaos; compare every reply with an uninterrupted run."""
+    """Converse through chaos; compare every reply with an uninterrupted run.
+
+    With several gateways (sharing a session store), each has its own faulty proxy and
+    every chat is given all of them (``Chat(url=[...])``): each cut moves a chat to the
+    next gateway, which resumes its session from the store."""
+    gateways = gateway if isinstance(gateway, list) else [gateway]
     result = SoakResult(seed=seed, planned=chats * turns)
     began = time.monotonic()
     expected: list[list[str]] = []
-    with Chat(url=gateway.url, token=gateway.token, tokens_per_s=0) as direct:
+    with Chat(url=gateways[0].url, token=gateways[0].token, tokens_per_s=0) as direct:
         for i in range(chats):
             direct.clear()
             expected.append([direct.send(p).wait(REPLY_BOUND_S).text for p in prompts(i, turns)])
 
-    proxy = FaultyProxy(gateway.gateway.port, seed=seed, welcome_cut_rate=0.1).start()
+    proxies = [
+        FaultyProxy(g.gateway.port, seed=seed + n, welcome_cut_rate=0.1).start()
+        for n, g in enumerate(gateways)
+    ]
     backoff = Backoff(initial_s=0.1, cap_s=1.0, give_up_after_s=None)
+    urls = [proxy.url() for proxy in proxies]
     talkers = [
         Chat(
-            url=proxy.url(),
-            token=gateway.token,
+            url=urls if len(urls) > 1 else urls[0],
+            token=gateways[0].token,
             tokens_per_s=tokens_per_s,
             heartbeat_s=0.5,
             backoff=backoff,
@@ -137,14 +146,19 @@ def run_soak(
         # Cut until every chat is done and at least min_cuts were made (cutting idle
         # links too); now and then stall instead: half-open, only the heartbeat notices.
         next_stall = stall_every
-        while any(t.is_alive() for t in threads) or proxy.cuts < min_cuts:
+
+        def cuts() -> int:
+            return sum(p.cuts for p in proxies)
+
+        while any(t.is_alive() for t in threads) or cuts() < min_cuts:
             time.sleep(rng.uniform(0.01, 0.15))
-            if proxy.cuts >= next_stall:
+            proxy = rng.choice(proxies)
+            if cuts() >= next_stall:
                 next_stall += stall_every
                 proxy.stall(rng.uniform(0.6, 1.5))
                 time.sleep(1.6)
             proxy.cut()
-            if proxy.cuts > 20 * min_cuts:
+            if cuts() > 20 * min_cuts:
                 break  # a chat that never finishes is counted as hung below
         for thread in threads:
             thread.join(REPLY_BOUND_S * turns)
@@ -152,8 +166,11 @@ def run_soak(
         for chat in talkers:
             result.resumes += list(chat._conversation.connection.resumes)
             chat.close()
-        result.cuts, result.stalls, result.connections = proxy.cuts, proxy.stalls, proxy.connections
-        proxy.close()
+        for proxy in proxies:
+            result.cuts += proxy.cuts
+            result.stalls += proxy.stalls
+            result.connections += proxy.connections
+            proxy.close()
     for i in range(chats):
         for want, got in zip(expected[i], texts[i], strict=False):  # a hung thread has fewer
             if got is None:

@@ -437,9 +437,17 @@ async def test_a_session_is_bound_to_the_token_that_opened_it() -> None:
             return ws, await recv(ws)
 
         alice, welcome = await hello_as("alice-token")
+        # Another token naming alice's session is refused, neither resumed nor given a
+        # new session in its place (which would hide the mistake).
         bob, other = await hello_as("bob-token", session=welcome["session"], last_seq=0)
-        assert other["resumed"] is False
-        assert other["session"] != welcome["session"]
+        assert other["type"] == "error"
+        assert other["code"] == "unauthorized"
+        assert "opened with another token" in other["message"]
+        assert "bob-token" not in other["message"]
+        with pytest.raises(ConnectionClosed) as info:
+            await recv(bob)
+        assert info.value.rcvd is not None
+        assert info.value.rcvd.code == 1008
         await alice.send('{"type":"ping","t":2}')
         assert await recv(alice) == {"type": "pong", "t": 2.0}  # alice was not taken over
         await alice.close()

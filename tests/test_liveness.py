@@ -427,7 +427,8 @@ def test_the_default_backoff_gives_up_after_30_s() -> None:
     assert not Backoff().exhausted(3, elapsed_s=29.0)
 
 
-def test_sigterm_of_the_gateway_mid_reply_is_an_error_not_a_stop() -> None:
+def test_sigterm_lets_the_reply_finish_and_a_second_signal_ends_it_as_an_error() -> None:
+    # The memory store: the gateway drains by letting its clients' replies go on.
     server = subprocess.Popen(
         [sys.executable, "-m", "nbchat", "serve", "--port", "0", "--token", "t"],
         stdout=subprocess.PIPE,
@@ -439,16 +440,20 @@ def test_sigterm_of_the_gateway_mid_reply_is_an_error_not_a_stop() -> None:
         line = server.stdout.readline()
         url = line.rsplit(" ", 1)[-1].strip()
         backoff = Backoff(initial_s=0.05, cap_s=0.1, give_up_after_s=1.0)
-        with Chat(url=url, token="t", tokens_per_s=20, backoff=backoff) as chat:
-            reply = chat.send("the gateway goes down under me")
-            wait_until(lambda: len(reply.chunks) >= 2, "streaming")
-            server.send_signal(signal.SIGTERM)
-            reply.wait(TIMEOUT)
-            assert reply.status == "error"
-            assert reply.error_code == "gateway_shutdown"
-            assert reply.error is not None
-            assert reply.error.startswith("the gateway shut down while generating this reply")
-            assert reply.text  # the partial text stays
+        with Chat(url=url, token="t", tokens_per_s=40, backoff=backoff) as chat:
+            cut = chat.send("the gateway goes down under me", tokens_per_s=10)
+            wait_until(lambda: len(cut.chunks) >= 2, "streaming")
+            server.send_signal(signal.SIGTERM)  # drain: the reply goes on
+            seen = len(cut.chunks)
+            wait_until(lambda: len(cut.chunks) >= seen + 3, "streaming on while draining")
+            assert not cut.finished
+            server.send_signal(signal.SIGTERM)  # the second: leave now
+            cut.wait(TIMEOUT)
+            assert cut.status == "error"
+            assert cut.error_code == "gateway_shutdown"
+            assert cut.error is not None
+            assert cut.error.startswith("the gateway shut down while generating this reply")
+            assert cut.text  # the partial text stays
         assert server.wait(TIMEOUT) == 0
     finally:
         server.kill()

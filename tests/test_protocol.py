@@ -93,6 +93,8 @@ def test_error_codes_cover_the_design() -> None:
         "resume_gap",
         "gateway_shutdown",  # added: a reply cut short by a shutdown is not a stop
         "tool_error",  # added: the tool step bound, or a tool result that never came
+        "store_unavailable",  # added: the shared session store (Redis) does not answer
+        "gateway_lost",  # added: the gateway generating a reply died before its end
     }
 
 

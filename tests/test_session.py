@@ -288,3 +288,57 @@ def test_any_interleaving_assembles_each_reply_exactly_once(
         assert client.replies[r].text == generated[r]
         assert client.replies[r].state.finished
         assert gateway.replies[r].held == []
+
+
+# --- restoring a session from a shared store's log ---------------------------------
+
+
+@settings(max_examples=200)
+@given(
+    st.lists(st.sampled_from(["start", "delta", "pause", "resume", "finish", "error"]), max_size=60)
+)
+def test_a_session_restored_from_its_log_is_the_session_that_wrote_it(ops: list[str]) -> None:
+    # A gateway taking over a session rebuilds it from the events the store kept;
+    # it must number on from the same seq and know every reply as the writer did.
+    session = GatewaySession("s")
+    events: list[ServerFrame] = []
+    replies: list[str] = []
+    for n, op in enumerate(ops):
+        open_ = [r for r in replies if not session.replies[r].state.finished]
+        if op == "start" or not open_:
+            replies.append(f"r{n}")
+            events += session.start(f"r{n}", "demo")
+            continue
+        reply = open_[n % len(open_)]
+        if op == "delta":
+            events += session.delta(reply, f"t{n} ")
+        elif op == "pause":
+            events += session.pause(reply)
+        elif op == "resume":
+            events += session.resume(reply)
+        elif op == "finish":
+            events += session.finish(reply, "stop")
+        else:
+            events += session.finish(
+                reply, "error", error=Error(code="upstream_error", message="x")
+            )
+    restored = GatewaySession.restore("s", events, last_seq=session.last_seq)
+    assert restored.last_seq == session.last_seq
+    assert set(restored.replies) == set(session.replies)
+    for reply, progress in session.replies.items():
+        again = restored.replies[reply]
+        assert again.sent_text == progress.sent_text
+        assert again.state.finished == progress.state.finished
+        assert again.done == progress.done
+    assert sorted(restored.unfinished()) == sorted(
+        r for r, p in session.replies.items() if not p.state.finished
+    )
+    # And it goes on numbering where the writer stopped.
+    assert restored.start("next", "demo")[0].seq == session.last_seq + 1  # type: ignore[union-attr]
+
+
+def test_a_restored_session_knows_open_replies_whose_start_was_trimmed() -> None:
+    session = GatewaySession.restore("s", [], last_seq=40, open_replies={"r-old"})
+    assert session.unfinished() == ["r-old"]
+    ended = session.finish("r-old", "error", error=Error(code="gateway_lost", message="gone"))
+    assert [(e.type, e.seq) for e in ended] == [("error", 41), ("done", 42)]  # type: ignore[union-attr]

@@ -4,18 +4,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
+import ssl
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from . import __version__
 from .gateway import Gateway
+from .gateway.auth import AuthSetupError, is_loopback, read_token_file, server_ssl_context
 from .gateway.config import ConfigError, load_offer
 from .gateway.limits import GatewayLimits
+from .gateway.redis_store import RedisStore
+from .session import LogLimits
 
 __all__ = ["main"]
+
+log = logging.getLogger("nbchat.serve")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -40,7 +48,50 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=None,
         help="require this bearer token; give it more than once for several, each its own "
-        "identity (default: $NBCHAT_TOKEN, comma-separated; none if unset)",
+        "identity (default: $NBCHAT_TOKEN, comma-separated; none if unset). Visible to "
+        "other users in the process list: prefer --token-file",
+    )
+    serve.add_argument(
+        "--token-file",
+        default=None,
+        metavar="FILE",
+        help="read bearer tokens from FILE, one a line (blank lines and lines starting "
+        "with # are ignored); added to any --token",
+    )
+    serve.add_argument(
+        "--allow-origin",
+        action="append",
+        default=None,
+        metavar="ORIGIN",
+        help="a browser origin (scheme://host[:port]) allowed to open a WebSocket; give it "
+        "more than once for several. When given, a handshake whose Origin header is not "
+        "listed gets HTTP 403; clients that send no Origin (not browsers) are unaffected. "
+        "Default: no Origin check",
+    )
+    serve.add_argument(
+        "--certfile",
+        default=None,
+        metavar="PEM",
+        help="serve wss:// (TLS) with this certificate chain (PEM)",
+    )
+    serve.add_argument(
+        "--keyfile",
+        default=None,
+        metavar="PEM",
+        help="the certificate's private key (PEM; default: in --certfile)",
+    )
+    serve.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow listening on a non-loopback address without any token",
+    )
+    serve.add_argument(
+        "--drain-s",
+        type=float,
+        default=30.0,
+        help="on SIGTERM or Ctrl-C, let replies in flight go on being generated this long "
+        "(clients are told to reconnect elsewhere) before exiting; a second signal exits "
+        "at once (default %(default)s)",
     )
     defaults = GatewayLimits()
     limits = serve.add_argument_group("limits")
@@ -74,32 +125,148 @@ def _parser() -> argparse.ArgumentParser:
         default=defaults.max_frame_bytes,
         help="larger frames close the link with 1009 (default %(default)s)",
     )
+    serve.add_argument(
+        "--store",
+        default="memory",
+        metavar="memory|redis://HOST:PORT/DB",
+        help="where sessions live: 'memory' (this process; the default) or a Redis URL "
+        "(redis://, rediss:// for TLS, unix://), shared by every gateway given the same "
+        "one, so a client may resume on any of them",
+    )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return parser
 
 
-async def _serve(
-    host: str, port: int, tokens: list[str], limits: GatewayLimits, config: str | None
-) -> None:
-    offer = await load_offer(config, os.environ)
-    gateway = Gateway(
-        models=offer.models,
-        token=tokens,
+@dataclass(frozen=True)
+class _ServeOptions:
+    host: str
+    port: int
+    tokens: list[str]
+    limits: GatewayLimits
+    config: str | None
+    allow_origins: list[str]
+    ssl_context: ssl.SSLContext | None
+    drain_s: float
+    store: str | None  # a Redis URL, or None for memory
+
+
+def _tokens(args: argparse.Namespace) -> list[str]:
+    """The tokens of --token and --token-file; $NBCHAT_TOKEN when neither is given."""
+    tokens = list(args.token or [])
+    if args.token_file is not None:
+        tokens += read_token_file(args.token_file)
+    if not tokens:
+        tokens = [t.strip() for t in os.environ.get("NBCHAT_TOKEN", "").split(",") if t.strip()]
+    return tokens
+
+
+def _options(args: argparse.Namespace) -> _ServeOptions:
+    """Check the serve options together; an :class:`AuthSetupError` says what is wrong
+    and what to do."""
+    tokens = _tokens(args)
+    if not tokens and not is_loopback(args.host) and not args.insecure:
+        raise AuthSetupError(
+            f"refusing to listen on {args.host} without a token: anyone who can reach that "
+            "address could use this gateway and the provider keys it holds. Give tokens "
+            "with --token-file FILE (or --token, or $NBCHAT_TOKEN), listen on 127.0.0.1, "
+            "or add --insecure if every client of that network is trusted"
+        )
+    if args.keyfile is not None and args.certfile is None:
+        raise AuthSetupError("--keyfile needs --certfile (the certificate it belongs to)")
+    if not args.drain_s >= 0:
+        raise AuthSetupError("--drain-s must be a number of seconds, 0 or more")
+    store = None if args.store == "memory" else args.store
+    if store is not None and not store.startswith(("redis://", "rediss://", "unix://")):
+        raise AuthSetupError(
+            f"--store must be 'memory' or a Redis URL (redis://host:6379/0, rediss://..., "
+            f"unix:///path/redis.sock), not {RedisStore.describe(store)!r}"
+        )
+    context = server_ssl_context(args.certfile, args.keyfile) if args.certfile else None
+    if tokens and context is None and not is_loopback(args.host):
+        log.warning(
+            "tokens will travel unencrypted to %s: give --certfile/--keyfile, or put a TLS "
+            "proxy in front",
+            args.host,
+        )
+    limits = GatewayLimits(
+        sessions=args.max_sessions,
+        replies_per_session=args.replies_per_session,
+        session_idle_s=args.session_idle_s,
+        frames_per_s=args.frames_per_s,
+        max_frame_bytes=args.max_frame_bytes,
+    )
+    return _ServeOptions(
+        host=args.host,
+        port=args.port,
+        tokens=tokens,
         limits=limits,
+        config=args.config,
+        allow_origins=list(args.allow_origin or []),
+        ssl_context=context,
+        drain_s=args.drain_s,
+        store=store,
+    )
+
+
+async def _serve(options: _ServeOptions) -> None:
+    offer = await load_offer(options.config, os.environ)
+    store = None
+    if options.store is not None:
+        store = RedisStore(options.store, limits=LogLimits(), idle_s=options.limits.session_idle_s)
+        if not await store.ping():
+            # Serve anyway: /healthz says "store down" and clients hear
+            # store_unavailable until Redis answers.
+            log.warning(
+                "the session store (%s) does not answer yet; serving once it does",
+                RedisStore.describe(options.store),
+            )
+    gateway = Gateway(
+        store=store,
+        models=offer.models,
+        token=options.tokens,
+        limits=options.limits,
         default_model=offer.default,
         notice=offer.notice,
         discovery_error=offer.discovery_error,
+        ssl_context=options.ssl_context,
+        allow_origins=options.allow_origins,
     )
-    await gateway.start(host, port)
+    await gateway.start(options.host, options.port)
     # One line on stdout says where to connect; scripts and tests read it.
-    print(f"nbchat gateway listening on {gateway.url(host)}", flush=True)
+    print(f"nbchat gateway listening on {gateway.url(options.host)}", flush=True)
     print(f"nbchat gateway models: {', '.join(offer.models)} (default {offer.default})", flush=True)
-    stop = asyncio.Event()
+    where = RedisStore.describe(options.store) if options.store else "memory (this process)"
+    print(f"nbchat gateway sessions: {where}", flush=True)
+    signals = 0
+    first = asyncio.Event()
+    again = asyncio.Event()
+
+    def on_signal() -> None:
+        nonlocal signals
+        signals += 1
+        (first if signals == 1 else again).set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await gateway.close()
+        loop.add_signal_handler(sig, on_signal)
+    await first.wait()
+    print(
+        f"nbchat gateway draining: no new connections; replies in flight go on for up to "
+        f"{options.drain_s:g} s (signal again to exit now)",
+        file=sys.stderr,
+        flush=True,
+    )
+    drain = asyncio.create_task(gateway.drain(options.drain_s))
+    hurry = asyncio.create_task(again.wait())
+    await asyncio.wait([drain, hurry], return_when=asyncio.FIRST_COMPLETED)
+    hurry.cancel()
+    if not drain.done():
+        drain.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await drain
+        await gateway.close()
+    else:
+        drain.result()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -107,18 +274,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     if args.command == "serve":
         try:
-            limits = GatewayLimits(
-                sessions=args.max_sessions,
-                replies_per_session=args.replies_per_session,
-                session_idle_s=args.session_idle_s,
-                frames_per_s=args.frames_per_s,
-                max_frame_bytes=args.max_frame_bytes,
-            )
-            tokens = args.token or [
-                t for t in os.environ.get("NBCHAT_TOKEN", "").split(",") if t.strip()
-            ]
-            asyncio.run(_serve(args.host, args.port, tokens, limits, args.config))
-        except ConfigError as exc:
+            options = _options(args)
+            asyncio.run(_serve(options))
+        except (ConfigError, AuthSetupError) as exc:
             print(f"nbchat serve: {exc}", file=sys.stderr)
             return 2
         except OSError as exc:

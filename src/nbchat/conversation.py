@@ -466,6 +466,17 @@ class Conversation:
                     in_flight, "error", code="session_lost", error=f"{why}; the reply ends here"
                 )
             return
+        if (
+            isinstance(frame, Error)
+            and frame.code == "store_unavailable"
+            and frame.seq is None
+            and in_flight is not None
+            and frame.reply in (None, in_flight.reply.id)
+        ):
+            # The gateway's session store is away: nothing more of this reply can be
+            # stored or delivered, so it ends here (its text so far is kept).
+            self._end(in_flight, "error", error=frame.message, code=frame.code)
+            return
         if in_flight is None or getattr(frame, "reply", None) != in_flight.reply.id:
             if isinstance(frame, Error) and frame.reply is None:
                 self._set_status(self.status, f"{frame.code}: {frame.message}")

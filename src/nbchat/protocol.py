@@ -84,6 +84,8 @@ ERROR_CODES: Final = (
     "resume_gap",
     "gateway_shutdown",
     "tool_error",
+    "store_unavailable",
+    "gateway_lost",
 )
 
 # WebSocket close code (4000-4999 are the application's): another connection resumed

@@ -219,6 +219,62 @@ class GatewaySession:
         self._forgotten: deque[str] = deque(maxlen=_FORGOTTEN_IDS)
         self._forgotten_set: set[str] = set()
 
+    @classmethod
+    def restore(
+        cls,
+        session_id: str,
+        events: list[ServerFrame],
+        *,
+        last_seq: int,
+        open_replies: set[str] | frozenset[str] = frozenset(),
+        limits: LogLimits | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> GatewaySession:
+        """The session as a shared store holds it: its logged events (oldest first, as
+        many as the store kept), its last seq, and the replies still open (started, not
+        done) whose start the store may no longer hold. Text a previous gateway held
+        while paused was never sequenced, so it is not here: what was sent is."""
+        session = cls(session_id, limits=limits, clock=clock)
+        for event in events:
+            session._absorb(event)
+        session.last_seq = max(session.last_seq, last_seq)
+        for reply in open_replies:
+            if reply not in session.replies:
+                session.replies[reply] = ReplyProgress(reply=reply, model="")
+        return session
+
+    def _absorb(self, event: ServerFrame) -> None:
+        """Take a logged event into the state, as if this session had emitted it."""
+        reply = getattr(event, "reply", None)
+        if isinstance(event, Started):
+            self.replies[event.reply] = ReplyProgress(reply=event.reply, model=event.model)
+        progress = self.replies.get(reply) if isinstance(reply, str) else None
+        if progress is None:  # a reply whose start is no longer kept, or no reply
+            self.last_seq = max(self.last_seq, _seq_of(event))
+            return
+        if isinstance(event, Delta):
+            (progress.reasoning if event.kind == "reasoning" else progress.text).append(event.text)
+        elif isinstance(event, Paused):
+            progress.state = ReplyState.PAUSED
+        elif isinstance(event, Resumed):
+            progress.state = ReplyState.STREAMING
+        elif isinstance(event, ToolCall):
+            progress.calls[event.call] = False
+            progress.waiting[event.call] = event
+        elif isinstance(event, Error):
+            progress.error = event
+        elif isinstance(event, Done):
+            progress.state, progress.done = _STATE_BY_FINISH[event.finish], event
+            progress.waiting.clear()
+            self._finished.append(event.reply)
+        self.last_seq = max(self.last_seq, _seq_of(event))
+        self._emit(event)
+        self._forget_old_replies()
+
+    def unfinished(self) -> list[str]:
+        """Replies started and not yet ended (paused ones, with an end held, included)."""
+        return [r for r, p in self.replies.items() if not p.state.finished]
+
     def knows(self, reply: str) -> bool:
         """Whether ``reply`` was started in this session (kept or already forgotten)."""
         return reply in self.replies or reply in self._forgotten_set
@@ -480,6 +536,7 @@ class ClientSession:
         self.last_seq = 0
         self.replies: dict[str, ReplyView] = {}
         self.duplicates = 0  # frames dropped because their seq was already applied
+        self.gaps = 0  # resumes answered with snapshots (the log no longer reached back)
         self._welcome_seq = 0
         self._unanswered: list[ClientFrame] = []
 
@@ -549,6 +606,7 @@ class ClientSession:
                 ]
             return True
         if isinstance(frame, Error) and frame.code == "resume_gap":
+            self.gaps += 1
             # Snapshots follow for everything up to the welcome's last_seq.
             self.last_seq = max(self.last_seq, self._welcome_seq)
             return True

@@ -5,11 +5,14 @@ ends other than normally, not a character lost or duplicated."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
-from nbchat.gateway import EmbeddedGateway
+from nbchat.gateway import EmbeddedGateway, Gateway
+from nbchat.gateway.redis_store import RedisStore
 
+from redis_server import RedisServer
 from soak import run_soak
 
 SEEDS = int(os.environ.get("NBCHAT_STRESS_SEEDS", "20"))
@@ -24,4 +27,32 @@ def test_random_chaos_loses_nothing_and_never_hangs(embedded: EmbeddedGateway, s
     print("\n" + result.line())
     assert result.cuts >= 100
     assert result.stalls >= 3
+    assert result.clean, result.line()
+
+
+SHARED_SEEDS = int(os.environ.get("NBCHAT_STRESS_SHARED_SEEDS", "3"))
+
+
+@pytest.mark.stress
+@pytest.mark.redis
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("seed", range(FIRST_SEED, FIRST_SEED + SHARED_SEEDS))
+def test_random_chaos_across_two_gateways_on_redis(tmp_path: Path, seed: int) -> None:
+    # Two gateways on one Redis, a faulty proxy in front of each; every cut moves a
+    # chat to the other gateway, which resumes its session from Redis.
+    if not RedisServer.available():
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    redis = RedisServer(tmp_path).start()
+    gateways = [
+        EmbeddedGateway(Gateway(token="soak", store=RedisStore(redis.url))).start()
+        for _ in range(2)
+    ]
+    try:
+        result = run_soak(gateways, seed)
+    finally:
+        for gateway in gateways:
+            gateway.close()
+        redis.stop()
+    print("\n" + result.line())
+    assert result.cuts >= 100
     assert result.clean, result.line()

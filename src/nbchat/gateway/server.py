@@ -17,7 +17,8 @@ import json
 import logging
 import re
 import secrets
-from collections.abc import Iterable, Sequence
+import ssl
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, Final
@@ -51,7 +52,10 @@ from ..protocol import (
     valid_unicode,
 )
 from ..session import GatewaySession, LogLimits, SessionError
+from .auth import SessionNotYours, install_log_redaction, origin_refusal, token_matches
 from .limits import FrameRate, GatewayLimits
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .metrics import GatewayMetrics, ended_as
 from .params import param_problem
 from .providers import (
     DemoProvider,
@@ -65,6 +69,8 @@ from .providers import (
     ToolUse,
 )
 from .providers.callable import CallableProvider
+from .redis_store import RedisStore
+from .shared import SharedSessions
 
 __all__ = [
     "CHAT_PATH",
@@ -182,13 +188,28 @@ class LiveSession:
         # Tool calls waiting for the client's result, by (reply, call).
         self.results: dict[tuple[str, str], asyncio.Future[ToolResult]] = {}
         self.last_active = now  # when a client was last attached or a reply ran
+        # Replies to end with this error when their generation is cancelled (not a stop).
+        self.end_errors: dict[str, Error] = {}
+        # With a shared store (see shared.py): whether this gateway holds the session's
+        # lease (generates its replies), where its events go instead of the client
+        # (the store, which delivers them), the last seq sent to the attached client,
+        # and the replies that client has seen start and not end.
+        self.owned = False
+        self.sink: Callable[[list[ServerFrame]], None] | None = None
+        self.delivered = 0
+        self.open_seen: set[str] = set()
 
     def idle(self) -> bool:
-        return self.connection is None and not self.tasks
+        return self.connection is None and not self.tasks and not self.owned
 
     def emit(self, events: Iterable[ServerFrame]) -> None:
         """Send events to the attached client, if any. They are already logged by the
-        session, so a client that is away gets them on resume."""
+        session, so a client that is away gets them on resume. With a shared store they
+        go to the store, which delivers them to the client wherever it is attached."""
+        if self.sink is not None:
+            if batch := list(events):
+                self.sink(batch)
+            return
         if self.connection is not None:
             for event in events:
                 self.connection.send(event)
@@ -213,6 +234,9 @@ class Gateway:
         notice: str | None = None,
         discovery_error: ProviderError | None = None,
         local_models: LocalModels | None = None,
+        store: RedisStore | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        allow_origins: Sequence[str] = (),
     ) -> None:
         if models is None:
             demo = DemoProvider()
@@ -239,6 +263,19 @@ class Gateway:
         self._server: Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._address: tuple[str, int] | None = None
+        # Sessions live in this process (their GatewaySession holds the log), unless a
+        # shared store is given: then SharedSessions keeps them in Redis.
+        self.store = store
+        self.shared = SharedSessions(self, store) if store is not None else None
+        # wss:// when given; browser origins allowed to connect (empty: no check, see
+        # auth.origin_refusal); draining: see drain(); metrics: GET /metrics.
+        self.ssl_context = ssl_context
+        self.allow_origins = tuple(allow_origins)
+        self.draining = False
+        self.metrics = GatewayMetrics()
+        self.metrics.watch(self)
+        if store is not None:
+            store.latency = self.metrics.store_latency
 
     @property
     def default(self) -> str | None:
@@ -279,13 +316,15 @@ class Gateway:
         return int(self._server.sockets[0].getsockname()[1])
 
     def url(self, host: str = "127.0.0.1") -> str:
-        return f"ws://{host}:{self.port}{CHAT_PATH}"
+        scheme = "wss" if self.ssl_context is not None else "ws"
+        return f"{scheme}://{host}:{self.port}{CHAT_PATH}"
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
         """Listen on ``host:port`` (0 = a free port). After :meth:`stop_listening`,
         ``start()`` with no arguments listens again on the same address."""
         if self._address is not None and (host, port) == ("127.0.0.1", 0):
             host, port = self._address
+        install_log_redaction()  # websockets' DEBUG lines would show Authorization
         self._server = await serve(
             self._handle,
             host,
@@ -293,8 +332,11 @@ class Gateway:
             process_request=self._process_request,
             max_size=self.limits.max_frame_bytes,
             server_header=f"nbchat/{__version__}",
+            ssl=self.ssl_context,
         )
         self._address = (host, self.port)
+        if self.shared is not None:
+            await self.shared.start()
         if self._sweeper is None:
             self._sweeper = asyncio.create_task(self._expire_sessions())
 
@@ -316,12 +358,44 @@ class Gateway:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self.shared is not None:
+            await self.shared.close()  # stores the replies' ends, gives back leases
         connections = list(self.connections)
         for connection in connections:
             connection.close_after_queued(1001, "the gateway is shutting down")
         if connections:
             await asyncio.wait([c.closed for c in connections], timeout=2 * CLOSE_GRACE_S)
         await self.stop_listening()
+
+    async def drain(self, timeout_s: float) -> None:
+        """Leave gracefully (SIGTERM): take no new connection (the handshake gets 503,
+        ``/healthz`` says ``draining``) and let the replies in flight go on being
+        generated for at most ``timeout_s``; then :meth:`close` (what is still running
+        ends with ``gateway_shutdown``). Returns within about ``timeout_s`` + 2 *
+        CLOSE_GRACE_S.
+
+        With a shared store, every connection is closed at once with 1012 (service
+        restart): its client reconnects to another gateway, which delivers the rest
+        from the store. With the memory store no other gateway has the session, so
+        connected clients stay and see their replies finish here."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(0.0, timeout_s)
+        self.draining = True
+        log.info("draining: up to %g s for the replies in flight", timeout_s)
+        if self.shared is not None:
+            for connection in list(self.connections):
+                connection.close_after_queued(1012, "service restart: reconnect to resume")
+        while tasks := [t for live in list(self.sessions.values()) for t in live.tasks.values()]:
+            left = deadline - loop.time()
+            if left <= 0:
+                log.warning("drained for %g s: ending %d replies in flight", timeout_s, len(tasks))
+                break
+            await asyncio.wait(tasks, timeout=left)
+        await self.close()
+
+    def store_healthy(self) -> bool:
+        """Whether the session store answers (``/healthz``); the memory store always does."""
+        return self.shared is None or self.shared.healthy
 
     async def _expire_sessions(self) -> None:
         idle_s = self.limits.session_idle_s
@@ -339,24 +413,57 @@ class Gateway:
         self, connection: ServerConnection, request: HttpRequest
     ) -> HttpResponse | None:
         path = request.path.split("?", 1)[0]
-        if path == "/healthz":
+        given = request.headers.get_all("Authorization")
+
+        def authorized() -> bool:  # one header, carrying one of the tokens (if any)
+            return not self.tokens or (len(given) == 1 and token_matches(given[0], self.tokens))
+
+        if path == "/healthz":  # for load balancers: no token needed
+            if self.draining:
+                return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "draining\n")
+            if not self.store_healthy():
+                return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "store down\n")
             return connection.respond(HTTPStatus.OK, "ok\n")
+        if path == "/metrics":  # any of the gateway's tokens, when it has some
+            if not authorized():
+                return self._unauthorized(connection)
+            response = connection.respond(HTTPStatus.OK, self.metrics.exposition().decode())
+            del response.headers["Content-Type"]
+            response.headers["Content-Type"] = METRICS_CONTENT_TYPE
+            return response
         if path != CHAT_PATH:
             return connection.respond(HTTPStatus.NOT_FOUND, f"no such endpoint; use {CHAT_PATH}\n")
-        if self.tokens:
-            given = request.headers.get("Authorization", "").encode()
-            matches = [
-                hmac.compare_digest(given, f"Bearer {token}".encode()) for token in self.tokens
-            ]
-            if not any(matches):
-                return connection.respond(HTTPStatus.UNAUTHORIZED, "missing or wrong token\n")
+        if self.draining:
+            return connection.respond(
+                HTTPStatus.SERVICE_UNAVAILABLE,
+                "the gateway is draining before a restart; connect to another one\n",
+            )
+        origins = request.headers.get_all("Origin")
+        refusal = (
+            "more than one Origin header"
+            if len(origins) > 1
+            else origin_refusal(origins[0] if origins else None, self.allow_origins)
+        )
+        if refusal is not None:
+            return connection.respond(HTTPStatus.FORBIDDEN, refusal + "\n")
+        if not authorized():
+            return self._unauthorized(connection)
         return None
 
+    @staticmethod
+    def _unauthorized(connection: ServerConnection) -> HttpResponse:
+        response = connection.respond(HTTPStatus.UNAUTHORIZED, "missing or wrong token\n")
+        response.headers["WWW-Authenticate"] = 'Bearer realm="nbchat"'
+        return response
+
     async def _handle(self, websocket: ServerConnection) -> None:
-        headers = websocket.request.headers if websocket.request is not None else {}
-        owner = hashlib.sha256(headers.get("Authorization", "").encode()).hexdigest()
+        request = websocket.request
+        given = request.headers.get_all("Authorization") if request is not None else []
+        owner = hashlib.sha256(",".join(given).encode()).hexdigest()
         connection = GatewayConnection(self, websocket, owner)
         self.connections.add(connection)
+        if self.draining:  # its handshake raced drain(): send it on like the others
+            connection.close_after_queued(1012, "service restart: reconnect to resume")
         try:
             await connection.run()
         finally:
@@ -376,6 +483,8 @@ class Gateway:
         if known is not None and hmac.compare_digest(known.owner, owner):
             known.last_active = loop.time()
             return known, True
+        if known is not None:  # opened with another token: neither resumed nor replaced
+            raise SessionNotYours("this session was opened with another token")
         if len(self.sessions) >= self.limits.sessions and not self._evict_idle_session():
             raise GatewayBusy(
                 f"this gateway serves {self.limits.sessions} sessions already, all in use"
@@ -404,6 +513,7 @@ class Gateway:
         error = self._refusal(live, frame, route, params)
         if error is not None or route is None:
             live.emit(live.state.finish(frame.reply, "error", error=error))
+            self.metrics.reply_ended("error")
             return
         messages = frame.messages
         if not route.takes_images and any(m.images for m in messages):
@@ -508,6 +618,9 @@ class Gateway:
             # The partial text stays either way; only the user's stop is a "stopped".
             if reply in live.stopping:
                 live.emit(live.state.finish(reply, "stopped", timing=elapsed()))
+            elif reply in live.end_errors:
+                error = live.end_errors.pop(reply)
+                live.emit(live.state.finish(reply, "error", timing=elapsed(), error=error))
             else:
                 error = Error(
                     code="gateway_shutdown",
@@ -525,6 +638,8 @@ class Gateway:
                 message=valid_unicode(f"the provider failed: {type(exc).__name__}: {exc}"),
             )
             live.emit(live.state.finish(reply, "error", timing=elapsed(), error=error))
+        finally:
+            self.metrics.reply_ended(ended_as(live.state, reply))
 
     async def _tool_round(
         self, live: LiveSession, reply: str, uses: tuple[ToolUse, ...]
@@ -619,6 +734,19 @@ class Gateway:
         if future is not None and not future.done():
             future.set_result(frame)
 
+    def apply_control(self, live: LiveSession, frame: ClientFrame) -> None:
+        """Act on a client's start, stop, pause, resume or tool result."""
+        if isinstance(frame, Start):
+            self.start_reply(live, frame)
+        elif isinstance(frame, Stop):
+            self.stop_reply(live, frame.reply)
+        elif isinstance(frame, Pause):
+            live.emit(live.state.pause(frame.reply))
+        elif isinstance(frame, Resume):
+            live.emit(live.state.resume(frame.reply))
+        elif isinstance(frame, ToolResult):
+            self.tool_result(live, frame)
+
     def stop_reply(self, live: LiveSession, reply: str) -> None:
         if reply not in live.state.replies:
             raise SessionError(f"unknown reply {reply!r}")
@@ -681,6 +809,12 @@ class GatewayConnection:
         except ProtocolError:  # cannot happen for what the protocol let in; never fatal
             log.exception("cannot encode a %s frame; not sent", frame.type)
             return
+        self.send_text(text)
+
+    def send_text(self, text: str) -> None:
+        """Queue an encoded frame (as a shared store holds it) for the client."""
+        if self._closing:
+            return
         size = len(text)
         limit = self.gateway.limits.send_queue_bytes
         if self._queued_bytes + size > limit:
@@ -727,11 +861,13 @@ class GatewayConnection:
                     return
                 if isinstance(item, _Replay):
                     for event in item.events:
-                        await self.websocket.send(encode(event))
+                        await self.websocket.send(text := encode(event))
+                        self.gateway.metrics.sent(text)
                     continue
                 text, size = item
                 self._queued_bytes -= size
                 await self.websocket.send(text)
+                self.gateway.metrics.sent(text)
             except ConnectionClosed:
                 return
             except Exception:  # a bug: drop this link (its client resumes), not the loop
@@ -776,7 +912,10 @@ class GatewayConnection:
                     # Frames already buffered would be handled back to back: let the
                     # other sessions have a turn between any two of them.
                     await asyncio.sleep(0)
-                self._on_message(message, decoded)
+                if self.gateway.shared is not None:
+                    await self.gateway.shared.on_message(self, message, decoded)
+                else:
+                    self._on_message(message, decoded)
         except ConnectionClosed:
             pass
         finally:
@@ -815,19 +954,9 @@ class GatewayConnection:
         if isinstance(frame, Ping):
             self.send(Pong(t=frame.t))
             return
-        live = self.live
-        if live is None:
+        if self.live is None:
             raise ProtocolError(f"send hello before {frame.type}")
-        if isinstance(frame, Start):
-            self.gateway.start_reply(live, frame)
-        elif isinstance(frame, Stop):
-            self.gateway.stop_reply(live, frame.reply)
-        elif isinstance(frame, Pause):
-            live.emit(live.state.pause(frame.reply))
-        elif isinstance(frame, Resume):
-            live.emit(live.state.resume(frame.reply))
-        elif isinstance(frame, ToolResult):
-            self.gateway.tool_result(live, frame)
+        self.gateway.apply_control(self.live, frame)
 
     def _hello(self, frame: Hello) -> None:
         if self.live is not None:
@@ -837,6 +966,10 @@ class GatewayConnection:
         except GatewayBusy as exc:
             self.send(Error(code="busy", message=f"{exc}; try again later"))
             self.close_after_queued(1013, "gateway busy")
+            return
+        except SessionNotYours as exc:
+            self.send(Error(code="unauthorized", message=f"{exc}; it cannot be resumed with yours"))
+            self.close_after_queued(1008, "unauthorized")
             return
         replay = live.state.replay(frame.last_seq or 0) if resumed else None
         if live.connection is not None and live.connection is not self:

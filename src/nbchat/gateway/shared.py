@@ -1,0 +1,583 @@
+"""Sessions in a shared store (Redis), so several gateways serve the same sessions.
+
+How it works (docs/architecture.md has the longer story):
+
+- A session's events live in the store's log, in seq order. Clients get them from
+  there: a gateway tails (XREAD BLOCK) the log of every session whose client is
+  attached to it, and sends the entries on as they are stored.
+- One gateway at a time generates a session's replies: the one holding the session's
+  **lease**, which it renews while it has replies open and gives back when they have
+  all ended. It keeps the session's state (a :class:`GatewaySession`) in memory and
+  writes each event to the log before its own client sees it; every write checks the
+  lease, so a gateway that lost it cannot write.
+- A client's start, stop, pause, resume or tool result that reaches a gateway without
+  the lease either takes the lease (when it is free: the gateway then restores the
+  state from the log) or is queued in the session's control stream for the holder,
+  which reads it (XREAD BLOCK too) and acts on it.
+- A holder that dies stops renewing; when its lease lapses, a gateway with that
+  session's client takes it and ends every open reply with ``gateway_lost``, keeping
+  the text already stored.
+- When the store cannot be reached, new starts get ``store_unavailable``, replies in
+  flight end with it, and the gateway serves again once the store is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import secrets
+from typing import TYPE_CHECKING, Final
+
+from .. import __version__
+from ..protocol import (
+    ClientFrame,
+    Delta,
+    Done,
+    Error,
+    Hello,
+    Ping,
+    Pong,
+    ProtocolError,
+    ServerFrame,
+    Welcome,
+    decode_client,
+    decode_server,
+    encode,
+)
+from ..session import GatewaySession, SessionError
+from .redis_store import (
+    LogEntry,
+    RedisStore,
+    StoreUnavailable,
+    ctl_key,
+    log_entry,
+    log_key,
+    session_of,
+)
+
+if TYPE_CHECKING:
+    from .server import Gateway, GatewayConnection, LiveSession
+
+__all__ = ["GATEWAY_LOST", "SharedSessions"]
+
+log = logging.getLogger("nbchat.gateway")
+
+# How often a gateway looks for sessions whose lease holder has died (the bound on
+# noticing it is the lease's time to live plus this).
+ORPHAN_CHECK_S: Final = 1.0
+# How long a blocking read waits before it looks again at which logs to follow.
+BLOCK_MS: Final = 1000
+# Between tries while the store cannot be reached.
+RETRY_S: Final = 0.5
+
+GATEWAY_LOST: Final = (
+    "the gateway generating this reply stopped (it was killed, or lost its link to the "
+    "session store) before finishing it; the partial text is kept, send again to continue"
+)
+
+
+def _log_entry(event: ServerFrame) -> LogEntry:
+    """An event the session emitted (each has a seq and a reply) as the log holds it."""
+    seq, reply = getattr(event, "seq", None), getattr(event, "reply", None)
+    return LogEntry(seq if isinstance(seq, int) else 0, encode(event), reply or "", event.type)
+
+
+def _detail(event: ServerFrame) -> tuple[str, str]:
+    """The two fields the store keeps beside an event for a later snapshot."""
+    if isinstance(event, Delta):
+        return event.text, event.kind or ""
+    if isinstance(event, Error):
+        return event.code, event.message
+    if isinstance(event, Done):
+        return event.finish, json.dumps(event.usage) if event.usage is not None else ""
+    return "", ""
+
+
+class SharedSessions:
+    """The shared-store half of a :class:`Gateway`: hello, control frames, the log's
+    writers and readers, leases."""
+
+    def __init__(self, gateway: Gateway, store: RedisStore) -> None:
+        self.gateway = gateway
+        self.store = store
+        self.me = secrets.token_hex(8)  # this gateway, as lease holder
+        self.healthy = True  # whether the store answered last time it was asked
+        self._wake_key = f"nbchat:gateway:{self.me}:wake"
+        self._wake_id = "0-0"
+        self._pending: dict[str, list[ServerFrame]] = {}  # events not yet stored
+        self._writers: dict[str, asyncio.Task[None]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._loops: list[asyncio.Task[None]] = []
+        self._stopping = False
+
+    # --- life -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if not self._loops:
+            self._loops = [
+                asyncio.create_task(self._read_loop()),
+                asyncio.create_task(self._renew_loop()),
+                asyncio.create_task(self._watch_loop()),
+            ]
+
+    async def close(self) -> None:
+        """Store what is pending (briefly), give back the leases, stop."""
+        writers = [w for w in self._writers.values() if not w.done()]
+        if writers:
+            await asyncio.wait(writers, timeout=3.0)
+        for session in list(self.owned_sessions()):
+            with contextlib.suppress(StoreUnavailable):
+                await self.store.release(session, self.me)
+        # The reader is not cancelled inside its blocking read (redis-py's connection
+        # would not come back from that): it is woken, and sees it is to stop.
+        self._stopping = True
+        await self._wake()
+        reader = self._loops[0]
+        await asyncio.wait([reader], timeout=BLOCK_MS / 1000 + self.store.timeout_s)
+        for task in self._loops:
+            task.cancel()
+        await asyncio.gather(*self._loops, *self._writers.values(), return_exceptions=True)
+        await self.store.close()
+
+    def owned_sessions(self) -> list[str]:
+        return [sid for sid, live in self.gateway.sessions.items() if live.owned]
+
+    def _lock(self, session: str) -> asyncio.Lock:
+        return self._locks.setdefault(session, asyncio.Lock())
+
+    def _local(self, session: str, owner: str) -> LiveSession:
+        """This gateway's handle on a session that the store holds."""
+        from .server import LiveSession
+
+        loop = asyncio.get_running_loop()
+        state = GatewaySession(session, limits=self.gateway.log_limits, clock=loop.time)
+        live = LiveSession(state, loop.time(), owner)
+        live.sink = lambda events: self._queue(live, events)
+        self.gateway.sessions[session] = live
+        return live
+
+    # --- frames from a client ------------------------------------------------------
+
+    async def on_message(
+        self,
+        connection: GatewayConnection,
+        message: str | bytes,
+        decoded: ClientFrame | ProtocolError,
+    ) -> None:
+        from .server import _reply_named_in
+
+        reply = _reply_named_in(message)
+        try:
+            if isinstance(decoded, ProtocolError):
+                raise decoded
+            if isinstance(decoded, Ping):
+                connection.send(Pong(t=decoded.t))
+            elif isinstance(decoded, Hello):
+                await self._hello(connection, decoded)
+            elif connection.live is None:
+                raise ProtocolError(f"send hello before {decoded.type}")
+            else:
+                text = message if isinstance(message, str) else message.decode()
+                await self._control(connection, connection.live, decoded, text)
+        except ProtocolError as exc:
+            connection.send(Error(code=exc.code, message=str(exc), reply=reply))
+        except SessionError as exc:
+            connection.send(Error(code="bad_request", message=str(exc)))
+        except StoreUnavailable as exc:
+            self._store_down(exc)
+            connection.send(Error(code="store_unavailable", message=str(exc), reply=reply))
+        except Exception as exc:  # a bug here must not cost the connection or the loop
+            log.exception("failed to handle a frame")
+            connection.send(
+                Error(
+                    code="bad_request",
+                    message=f"the gateway could not handle this frame ({type(exc).__name__})",
+                )
+            )
+
+    async def _hello(self, connection: GatewayConnection, frame: Hello) -> None:
+        from .server import GatewayBusy
+
+        if connection.live is not None:
+            raise ProtocolError("hello was already sent on this connection")
+        gateway, store = self.gateway, self.store
+        try:
+            meta = await store.meta(frame.session) if frame.session else None
+            if meta is not None and not hmac.compare_digest(meta.owner, connection.owner):
+                connection.send(
+                    Error(
+                        code="unauthorized",
+                        message="this session was opened with another token; it cannot "
+                        "be resumed with yours",
+                    )
+                )
+                connection.close_after_queued(1008, "unauthorized")
+                return
+            if meta is None:
+                if len(gateway.sessions) >= gateway.limits.sessions and not (
+                    gateway._evict_idle_session()
+                ):
+                    raise GatewayBusy(
+                        f"this gateway serves {gateway.limits.sessions} sessions already, "
+                        "all in use"
+                    )
+                session = secrets.token_urlsafe(16)
+                await store.create(session, connection.owner)
+                live = self._local(session, connection.owner)
+                last_seq, snapshots, resumed = 0, None, False
+                entries: list[LogEntry] = []
+                opened: set[str] = set()
+            else:
+                session = frame.session or ""
+                after = frame.last_seq or 0
+                if after > meta.seq:
+                    raise SessionError(
+                        f"last_seq {after} is ahead of this session (last seq {meta.seq})"
+                    )
+                live = gateway.sessions.get(session) or self._local(session, connection.owner)
+                last_seq, entries, snapshots = await store.resume(session, after)
+                opened = await store.open_replies(session)
+                resumed = True
+        except GatewayBusy as exc:
+            connection.send(Error(code="busy", message=f"{exc}; try again later"))
+            connection.close_after_queued(1013, "gateway busy")
+            return
+        except StoreUnavailable as exc:
+            self._store_down(exc)
+            connection.send(Error(code="store_unavailable", message=f"{exc}; try again later"))
+            connection.close_after_queued(1013, "session store unavailable")
+            return
+        self._store_up()
+        if live.connection is not None and live.connection is not connection:
+            live.connection.taken_over()
+        connection.live = live
+        connection.send(
+            Welcome(
+                session=session,
+                last_seq=last_seq,
+                models=tuple(gateway.offered()),
+                resumed=resumed,
+                server=f"nbchat/{__version__}",
+                max_frame_bytes=gateway.limits.max_frame_bytes,
+                default_model=gateway.default,
+                notice=gateway.notice,
+                image_models=tuple(gateway.image_models()),
+            )
+        )
+        # The replies open when the log was read (their start may be before last_seq):
+        # if their generator dies, this gateway ends them.
+        live.open_seen = {
+            reply
+            for reply in opened
+            if not any(e.reply == reply and e.kind == "done" for e in entries)
+        }
+        if snapshots is not None:
+            connection.send(
+                Error(
+                    code="resume_gap",
+                    message="the session log no longer reaches back to your last_seq; the "
+                    "replies that changed are sent in full",
+                )
+            )
+            for snapshot in snapshots:
+                connection.send(snapshot)
+            live.delivered = last_seq
+        else:
+            live.delivered = frame.last_seq or 0
+        live.connection = connection
+        live.last_active = asyncio.get_running_loop().time()
+        await self._deliver(live, entries)
+        if live.owned:
+            # This gateway generates the session's replies: catch up with what it
+            # stored after the read above (its writer delivers from here on).
+            await self._deliver(live, await self._read_after(live))
+        await self._wake()
+        if live.open_seen and not live.owned:
+            await self._adopt_if_orphaned(live)
+
+    async def _control(
+        self, connection: GatewayConnection, live: LiveSession, frame: ClientFrame, text: str
+    ) -> None:
+        session = live.state.session_id
+        if not self.healthy and not await self.store.ping():
+            raise StoreUnavailable("the session store is unreachable")
+        async with self._lock(session):
+            if not live.owned:
+                if not await self.store.acquire_or_forward(session, self.me, text):
+                    return  # the lease holder acts on it; its events come through the log
+                if not await self._take(live):
+                    # Redis lost the session (restarted empty, or it expired): the
+                    # client reconnects, finds it unknown and starts a new one.
+                    await self.store.release(session, self.me)
+                    self.gateway.sessions.pop(session, None)
+                    connection.close_after_queued(1012, "the session store lost this session")
+                    return
+        self.gateway.apply_control(live, frame)
+        await self._maybe_release(live)
+
+    def _apply_stored(self, live: LiveSession, text: str) -> None:
+        """Act on a frame another gateway queued for this one."""
+        try:
+            self.gateway.apply_control(live, decode_client(text))
+        except (ProtocolError, SessionError) as exc:
+            # The client is attached elsewhere; the answer to a bad request is dropped.
+            log.info("a forwarded frame was refused: %s", exc)
+
+    # --- the lease ----------------------------------------------------------------
+
+    async def _take(self, live: LiveSession) -> bool:
+        """This gateway has just taken the lease: bring the state up to the store's,
+        end the replies a previous holder left open, act on queued frames. False if
+        the store no longer holds the session."""
+        session, store = live.state.session_id, self.store
+        meta = await store.meta(session)
+        if meta is None:
+            return False
+        seq = meta.seq
+        if live.state.last_seq != seq or live.state.unfinished():
+            entries = await store.read(session, 0)
+            live.state = GatewaySession.restore(
+                session,
+                [decode_server(e.frame) for e in entries],
+                last_seq=seq,
+                open_replies=await store.open_replies(session),
+                limits=self.gateway.log_limits,
+                clock=asyncio.get_running_loop().time,
+            )
+        live.owned = True
+        for reply in live.state.unfinished():
+            error = Error(code="gateway_lost", message=GATEWAY_LOST)
+            live.emit(live.state.finish(reply, "error", error=error))
+        for text in await store.take_control(session):
+            self._apply_stored(live, text)
+        await self._wake()
+        return True
+
+    def _lost(self, live: LiveSession) -> None:
+        """The lease is no longer this gateway's: stop generating (the new holder ends
+        the replies), drop what was not stored."""
+        if not live.owned:
+            return
+        log.warning("lost the lease of a session (the store lost it, or another gateway took it)")
+        live.owned = False
+        self._pending.pop(live.state.session_id, None)
+        for task in live.tasks.values():
+            task.cancel()
+        if live.connection is not None:
+            # What this gateway told its client may not be what the store holds: the
+            # client resumes from the store (or, if it lost the session, starts anew).
+            live.connection.close_after_queued(1012, "session moved; resume")
+
+    async def _maybe_release(self, live: LiveSession) -> None:
+        session = live.state.session_id
+        if (
+            not live.owned
+            or live.tasks
+            or live.state.unfinished()
+            or self._pending.get(session)
+            or session in self._writers
+        ):
+            return
+        result = await self.store.release(session, self.me)
+        if result == 1:
+            live.owned = False
+            await self._wake()
+        elif result == -1:
+            self._lost(live)
+        # 0: frames wait in the control stream; the reader brings them here.
+
+    async def _adopt_if_orphaned(self, live: LiveSession) -> None:
+        """Take a session whose lease holder is gone while replies are open."""
+        session = live.state.session_id
+        async with self._lock(session):
+            if live.owned or await self.store.lease_holder(session) is not None:
+                return
+            if not await self.store.open_replies(session):
+                return
+            if not await self.store.acquire_or_forward(session, self.me):
+                return
+            if not await self._take(live):
+                await self.store.release(session, self.me)
+                return
+        await self._flush(live)
+
+    async def _flush(self, live: LiveSession) -> None:
+        writer = self._writers.get(live.state.session_id)
+        if writer is not None:
+            await asyncio.wait([writer])
+        await self._maybe_release(live)
+
+    # --- writing the log ---------------------------------------------------------
+
+    def _queue(self, live: LiveSession, events: list[ServerFrame]) -> None:
+        if not live.owned:
+            return  # generated after the lease was lost: the new holder ended it
+        session = live.state.session_id
+        self._pending.setdefault(session, []).extend(events)
+        if session not in self._writers:
+            self._writers[session] = asyncio.create_task(self._write(live))
+
+    async def _write(self, live: LiveSession) -> None:
+        session = live.state.session_id
+        try:
+            while batch := self._pending.get(session):
+                self._pending[session] = []
+                entries = [(_log_entry(e), *_detail(e)) for e in batch]
+                try:
+                    stored = await self.store.append(session, self.me, entries)
+                except StoreUnavailable as exc:
+                    self._store_down(exc)
+                    self._pending[session][:0] = batch  # kept, in order, for a retry
+                    await asyncio.sleep(RETRY_S)
+                    if not live.owned or (self.gateway.shutting_down and not live.tasks):
+                        return
+                    continue
+                self._store_up()
+                if not stored and not await self._regain(live, batch[0]):
+                    self._lost(live)
+                    return
+                if not stored:
+                    self._pending[session][:0] = batch
+                    continue
+                await self._deliver(live, [e for e, _, _ in entries])
+        finally:
+            self._writers.pop(session, None)
+        await self._maybe_release(live)
+
+    async def _regain(self, live: LiveSession, first: ServerFrame) -> bool:
+        """After a write was refused: take the lease again if it lapsed (the store was
+        away) and nobody wrote since; else it is gone."""
+        session = live.state.session_id
+        meta = await self.store.meta(session)
+        if meta is None or meta.seq != getattr(first, "seq", 0) - 1:
+            return False
+        return await self.store.acquire_or_forward(session, self.me)
+
+    # --- reading the log -----------------------------------------------------------
+
+    async def _read_after(self, live: LiveSession) -> list[LogEntry]:
+        return await self.store.read(live.state.session_id, live.delivered)
+
+    async def _deliver(self, live: LiveSession, entries: list[LogEntry]) -> None:
+        """Send stored events on to the attached client, in seq order, each once."""
+        connection = live.connection
+        if connection is None or not entries:
+            return
+        if entries[0].seq > live.delivered + 1:
+            # Events stored before these were not delivered yet: from the store first.
+            missing = await self._read_after(live)
+            entries = missing + [e for e in entries if e.seq > (missing or entries)[-1].seq]
+        for entry in entries:
+            if entry.seq <= live.delivered or live.connection is not connection:
+                continue
+            connection.send_text(entry.frame)
+            live.delivered = entry.seq
+            if entry.kind == "started":
+                live.open_seen.add(entry.reply)
+            elif entry.kind == "done":
+                live.open_seen.discard(entry.reply)
+
+    async def _wake(self) -> None:
+        """Have the reader look again at which logs and control streams to follow."""
+        with contextlib.suppress(StoreUnavailable):
+            await self.store.wake(self._wake_key)
+
+    async def _read_loop(self) -> None:
+        while not self._stopping:
+            streams = {self._wake_key: self._wake_id}
+            for session, live in self.gateway.sessions.items():
+                if live.owned:
+                    streams[ctl_key(session)] = "0-0"
+                elif live.connection is not None:
+                    streams[log_key(session)] = f"{live.delivered}-0"
+            try:
+                result = await self.store.wait(streams, BLOCK_MS)
+            except StoreUnavailable as exc:
+                self._store_down(exc)
+                await asyncio.sleep(RETRY_S)
+                continue
+            self._store_up()
+            for key, raw in result:
+                if key == self._wake_key:
+                    self._wake_id = raw[-1][0].decode()
+                    continue
+                found = self.gateway.sessions.get(session_of(key))
+                if found is None:
+                    continue
+                live = found
+                try:
+                    if key.endswith(":ctl"):
+                        if live.owned:
+                            await self._act_on_control(live)
+                    elif not live.owned:
+                        await self._deliver(live, [log_entry(i, f) for i, f in raw])
+                except StoreUnavailable as exc:
+                    self._store_down(exc)
+
+    async def _act_on_control(self, live: LiveSession) -> None:
+        session = live.state.session_id
+        async with self._lock(session):
+            if not live.owned:
+                return
+            for text in await self.store.take_control(session):
+                self._apply_stored(live, text)
+        await self._maybe_release(live)
+
+    async def _renew_loop(self) -> None:
+        every = self.store.lease_ms / 3000
+        while True:
+            await asyncio.sleep(every)
+            sessions = self.owned_sessions()
+            try:
+                held = await self.store.renew(sessions, self.me)
+                if not sessions and not await self.store.ping():
+                    raise StoreUnavailable("the session store does not answer")
+            except StoreUnavailable as exc:
+                self._store_down(exc)
+                continue
+            self._store_up()
+            for session, still in zip(sessions, held, strict=True):
+                live = self.gateway.sessions.get(session)
+                if live is not None and not still:
+                    self._lost(live)
+
+    async def _watch_loop(self) -> None:
+        while True:
+            await asyncio.sleep(ORPHAN_CHECK_S)
+            for live in list(self.gateway.sessions.values()):
+                if live.connection is None or live.owned or not live.open_seen:
+                    continue
+                try:
+                    await self._adopt_if_orphaned(live)
+                except StoreUnavailable as exc:
+                    self._store_down(exc)
+                    break
+
+    # --- the store's health ------------------------------------------------------
+
+    def _store_down(self, exc: StoreUnavailable) -> None:
+        """Tell clients with replies open, and end the replies this gateway generates:
+        nothing of them can be stored or delivered until the store is back."""
+        if not self.healthy:
+            return
+        self.healthy = False
+        log.warning("%s", exc)
+        message = f"{exc}; the reply ends here (its text so far is kept)"
+        for live in self.gateway.sessions.values():
+            if live.connection is not None:
+                for reply in sorted(live.open_seen):
+                    live.connection.send(
+                        Error(code="store_unavailable", reply=reply, message=message)
+                    )
+            if live.owned:
+                for reply, task in live.tasks.items():
+                    live.end_errors[reply] = Error(code="store_unavailable", message=message)
+                    task.cancel()
+
+    def _store_up(self) -> None:
+        if not self.healthy:
+            log.warning("the session store is reachable again")
+        self.healthy = True

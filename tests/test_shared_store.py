@@ -1,0 +1,258 @@
+"""Sessions on Redis, shared by gateways: a reply generated on one gateway is delivered,
+paused, resumed and stopped through another, and every reply ends, whatever happens
+to the gateway generating it or to Redis.
+
+Each test starts its own ``redis-server`` (tests/redis_server.py); the gateways run in
+this process on threads of their own (EmbeddedGateway), each with its own Redis
+client, as separate processes would. tests/test_serve_team.py does the same with
+``nbchat serve`` processes, for what needs a process (SIGKILL, SIGTERM)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from nbchat import Chat
+from nbchat.gateway import EmbeddedGateway, Gateway
+from nbchat.gateway.config import load_models
+from nbchat.gateway.redis_store import RedisStore
+from nbchat.session import LogLimits
+
+from faults import FaultyProxy
+from redis_server import RedisServer
+from replay_server import Replay
+from timeouts import TIMEOUT, wait_until
+
+pytestmark = pytest.mark.redis
+
+TOKEN = "team-token"
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisServer]:
+    if not RedisServer.available():
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    server = RedisServer(tmp_path).start()
+    yield server
+    server.stop()
+
+
+def shared_gateway(redis: RedisServer, **kwargs: object) -> EmbeddedGateway:
+    gateway = Gateway(token=TOKEN, store=RedisStore(redis.url, lease_s=2.0), **kwargs)  # type: ignore[arg-type]
+    return EmbeddedGateway(gateway).start()
+
+
+@pytest.fixture
+def pair(redis: RedisServer) -> Iterator[tuple[EmbeddedGateway, EmbeddedGateway]]:
+    a, b = shared_gateway(redis), shared_gateway(redis)
+    yield a, b
+    a.close()
+    b.close()
+
+
+@pytest.fixture
+def balancer(pair: tuple[EmbeddedGateway, EmbeddedGateway]) -> Iterator[FaultyProxy]:
+    """A load balancer in front of the two: it sends new connections to A until told."""
+    proxy = FaultyProxy(pair[0].gateway.port, seed=7, slice_bytes=None).start()
+    yield proxy
+    proxy.close()
+
+
+def uninterrupted(gateway: EmbeddedGateway, text: str) -> str:
+    with Chat(url=gateway.url, token=TOKEN, tokens_per_s=0) as chat:
+        return chat.send(text).wait(TIMEOUT).text
+
+
+def move_to(proxy: FaultyProxy, gateway: EmbeddedGateway) -> None:
+    proxy.target_port = gateway.gateway.port
+    proxy.cut()
+
+
+def test_a_reply_generated_on_a_is_delivered_exactly_through_b(
+    pair: tuple[EmbeddedGateway, EmbeddedGateway], balancer: FaultyProxy
+) -> None:
+    a, b = pair
+    with Chat(url=balancer.url(), token=TOKEN, tokens_per_s=40) as chat:
+        reply = chat.send("one reply, two gateways " * 4)
+        wait_until(lambda: len(reply.chunks) >= 5, "streaming from A")
+        move_to(balancer, b)
+        wait_until(lambda: chat.status_detail.startswith("resumed"), "resumed on B")
+        # A generates it still; B only delivers it from Redis.
+        assert any(live.owned for live in a.gateway.sessions.values())
+        assert not any(live.owned for live in b.gateway.sessions.values())
+        reply.wait(TIMEOUT)
+        assert reply.finish == "stop"
+        assert reply.text == uninterrupted(b, "one reply, two gateways " * 4)
+        assert chat.send("and the next one, on B", tokens_per_s=0).wait(TIMEOUT).finish == "stop"
+
+
+def test_pause_and_resume_on_b_of_a_reply_generated_on_a(
+    pair: tuple[EmbeddedGateway, EmbeddedGateway], balancer: FaultyProxy
+) -> None:
+    a, b = pair
+    text = "pause me from the other gateway " * 4
+    with Chat(url=balancer.url(), token=TOKEN, tokens_per_s=30) as chat:
+        reply = chat.send(text)
+        wait_until(lambda: len(reply.chunks) >= 3, "streaming from A")
+        move_to(balancer, b)
+        wait_until(lambda: chat.status_detail.startswith("resumed"), "resumed on B")
+        reply.pause()
+        wait_until(lambda: reply.status == "paused", "paused through B")
+        held = len(reply.text)
+        time.sleep(1.0)  # A goes on generating, and holds it
+        assert len(reply.text) == held
+        assert any(live.tasks or live.owned for live in a.gateway.sessions.values())
+        reply.resume().wait(TIMEOUT)
+        assert reply.finish == "stop"
+        assert reply.text == uninterrupted(b, text)
+
+
+def test_stop_on_b_cancels_the_provider_request_on_a(
+    redis: RedisServer, replay: Replay, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NBCHAT_TEST_KEY", "sk-test-0123456789")
+    config = tmp_path / "nbchat.toml"
+    config.write_text(
+        '[[models]]\nname = "long"\nprovider = "openai-compatible"\n'
+        f'base_url = "{replay.base_url}"\napi_key_env = "NBCHAT_TEST_KEY"\n'
+    )
+    replay.event_delay_s = 0.02
+    a = shared_gateway(redis, models=asyncio.run(load_models(config, os.environ)))
+    b = shared_gateway(redis, models=asyncio.run(load_models(config, os.environ)))
+    proxy = FaultyProxy(a.gateway.port, seed=3, slice_bytes=None).start()
+    try:
+        with Chat(url=proxy.url(), token=TOKEN, model="long") as chat:
+            reply = chat.send("go on forever")
+            wait_until(lambda: len(reply.chunks) >= 5, "streaming from A")
+            move_to(proxy, b)
+            wait_until(lambda: chat.status_detail.startswith("resumed"), "resumed on B")
+            replay.disconnected_at.clear()
+            reply.stop().wait(TIMEOUT)
+            assert reply.finish == "stopped"
+            wait_until(lambda: bool(replay.disconnected_at), "A's upstream request closed")
+            assert all(not live.tasks for live in a.gateway.sessions.values())
+    finally:
+        proxy.close()
+        a.close()
+        b.close()
+
+
+def test_a_frozen_gateway_s_reply_ends_with_gateway_lost_through_the_other(
+    pair: tuple[EmbeddedGateway, EmbeddedGateway], balancer: FaultyProxy
+) -> None:
+    # A stops dead (its event loop halts: no renewal, no cleanup, sockets left open),
+    # as a gateway that hangs or loses its network would; SIGKILL is
+    # tests/test_serve_team.py's.
+    a, b = pair
+    with Chat(url=balancer.url(), token=TOKEN, tokens_per_s=30) as chat:
+        reply = chat.send("the gateway making this dies " * 4)
+        wait_until(lambda: len(reply.chunks) >= 5, "streaming from A")
+        move_to(balancer, b)
+        wait_until(lambda: chat.status_detail.startswith("resumed"), "resumed on B")
+        frozen_at = time.monotonic()
+        a._loop.call_soon_threadsafe(a._loop.stop)
+        reply.wait(TIMEOUT)
+        ended_after = time.monotonic() - frozen_at
+        assert reply.finish == "error"
+        assert reply.error_code == "gateway_lost"
+        assert reply.error is not None
+        assert "partial text is kept" in reply.error
+        assert len(reply.text) > 0
+        assert ended_after < 10.0
+        # The partial text is the start of what an uninterrupted run says.
+        assert uninterrupted(b, "the gateway making this dies " * 4).startswith(reply.text)
+        assert chat.send("and B carries on", tokens_per_s=0).wait(TIMEOUT).finish == "stop"
+    # Thaw A so that the fixture can close it as usual.
+    a._thread = threading.Thread(target=a._loop.run_forever, daemon=True)
+    a._thread.start()
+
+
+def test_redis_stopped_and_restarted_mid_reply(
+    redis: RedisServer, pair: tuple[EmbeddedGateway, EmbeddedGateway]
+) -> None:
+    a, _ = pair
+    with Chat(url=a.url, token=TOKEN, tokens_per_s=30) as chat:
+        reply = chat.send("the store goes away " * 4)
+        wait_until(lambda: len(reply.chunks) >= 3, "streaming")
+        redis.stop()
+        reply.wait(TIMEOUT)
+        assert reply.finish == "error"
+        assert reply.error_code == "store_unavailable"
+        assert len(reply.text) > 0
+        refused = chat.send("while it is away", tokens_per_s=0).wait(TIMEOUT)
+        assert refused.finish == "error"
+        assert refused.error_code == "store_unavailable"
+        assert refused.error is not None
+        assert "unreachable" in refused.error
+        redis.start()
+        # Back, empty (no persistence): the session is gone, a new one serves.
+        again = chat.send("and now?", tokens_per_s=0).wait(2 * TIMEOUT)
+        assert again.finish == "stop", again.error
+    with Chat(url=a.url, token=TOKEN, tokens_per_s=0) as fresh:
+        assert fresh.send("a new chat").wait(TIMEOUT).finish == "stop"
+
+
+def test_another_token_cannot_resume_a_session_through_either_gateway(
+    redis: RedisServer,
+) -> None:
+    a = EmbeddedGateway(Gateway(token=["t1", "t2"], store=RedisStore(redis.url))).start()
+    b = EmbeddedGateway(Gateway(token=["t1", "t2"], store=RedisStore(redis.url))).start()
+    try:
+        with Chat(url=a.url, token="t1", tokens_per_s=0) as owner:
+            owner.send("mine").wait(TIMEOUT)
+            session = owner._conversation._connection.session.session_id
+
+        async def resume_as(token: str, url: str) -> dict[str, object]:
+            from websockets.asyncio.client import connect
+
+            headers = {"Authorization": f"Bearer {token}"}
+            async with connect(url, additional_headers=headers) as ws:
+                hello = {"type": "hello", "client": "test", "session": session, "last_seq": 0}
+                await ws.send(json.dumps(hello))
+                return json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
+
+        refused = asyncio.run(resume_as("t2", b.url))
+        assert refused["type"] == "error"
+        assert refused["code"] == "unauthorized"
+        welcome = asyncio.run(resume_as("t1", b.url))
+        assert welcome["type"] == "welcome"
+        assert welcome["resumed"] is True
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_resume_beyond_the_trimmed_log_gets_exact_snapshots(redis: RedisServer) -> None:
+    # Redis keeps 5 events of the log: the move to B is a resume past it.
+    limits = LogLimits(max_events=5)
+    a, b = (
+        EmbeddedGateway(
+            Gateway(token=TOKEN, log_limits=limits, store=RedisStore(redis.url, limits=limits))
+        ).start()
+        for _ in range(2)
+    )
+    proxy = FaultyProxy(a.gateway.port, seed=9, slice_bytes=None).start()
+    try:
+        with Chat(url=proxy.url(), token=TOKEN, tokens_per_s=60) as chat:
+            reply = chat.send("a gap on the other gateway " * 4)
+            wait_until(lambda: len(reply.chunks) >= 3, "streaming from A")
+            proxy.swallow_upstream = False
+            proxy.target_port = b.gateway.port
+            proxy.stall(1.0)  # A goes on; the log outruns what the client has
+            time.sleep(1.0)
+            proxy.cut()
+            reply.wait(TIMEOUT)
+            assert reply.finish == "stop"
+            assert reply.text == uninterrupted(b, "a gap on the other gateway " * 4)
+            assert chat._conversation.connection.session.gaps == 1
+    finally:
+        proxy.close()
+        a.close()
+        b.close()
