@@ -50,6 +50,7 @@ class SoakResult:
     connections: int = 0
     resumes: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    ends: list[str] = field(default_factory=list)  # how replies that did not stop ended
 
     @property
     def clean(self) -> bool:
@@ -65,6 +66,7 @@ class SoakResult:
             f"{self.connections} connections, {len(resumes)} resumes (p50 {p50:.2f} s); "
             f"hung {self.hung}, not stop {self.not_stop}, lost {self.lost}, "
             f"duplicated {self.duplicated}; {self.seconds:.1f} s"
+            + "".join(f"\n  ended: {end}" for end in self.ends[:5])
         )
 
 
@@ -136,6 +138,8 @@ def run_soak(
             with lock:
                 result.replies += 1
                 result.not_stop += reply.finish != "stop"
+                if reply.finish != "stop":
+                    result.ends.append(f"{reply.finish} {reply.error_code}: {reply.error}")
             texts[i].append(reply.text)
 
     threads = [threading.Thread(target=converse, args=(i,), daemon=True) for i in range(chats)]

@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from ..protocol import Snapshot
 from ..session import LogLimits
@@ -48,6 +48,9 @@ __all__ = [
 ]
 
 PREFIX: Final = "nbchat"
+# Connections to Redis per gateway (besides the blocking reader's): writes go in one
+# pipeline per round trip, so a few serve thousands of sessions.
+MAX_CONNECTIONS: Final = 32
 
 
 class StoreUnavailable(Exception):
@@ -213,7 +216,12 @@ class RedisStore:
             "socket_connect_timeout": timeout_s,
             "decode_responses": False,
         }
-        self.redis = aioredis.Redis.from_url(url, **options)
+        # A bounded pool that makes a caller wait for a free connection (redis-py's
+        # default pool raises instead, which under load would read as "Redis down").
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=MAX_CONNECTIONS, timeout=timeout_s, **options
+        )
+        self.redis = aioredis.Redis(connection_pool=pool)
         # Blocking reads hold a connection for their whole wait: they get their own.
         self.reader = aioredis.Redis.from_url(url, **{**options, "socket_timeout": timeout_s + 5.0})
         self._append = self.redis.register_script(_APPEND)
@@ -234,6 +242,8 @@ class RedisStore:
         began = time.perf_counter()
         try:
             return await coro
+        except ResponseError:
+            raise  # Redis answered: an error of ours (a script's), not an outage
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(
                 f"the session store (Redis at {self.describe(self.url)}) is unreachable: "
@@ -244,7 +254,7 @@ class RedisStore:
                 self.latency.labels(op=op).observe(time.perf_counter() - began)
 
     async def close(self) -> None:
-        await self.redis.aclose()
+        await self.redis.aclose(close_connection_pool=True)
         await self.reader.aclose()
 
     async def ping(self) -> bool:
@@ -282,6 +292,36 @@ class RedisStore:
     ) -> bool:
         """Write events (each with its two detail fields, see ``_APPEND``) if ``me``
         holds the lease; False if it does not (nothing is written)."""
+        names, args = self._append_call(session, me, entries)
+        result = await self._call("append", self._append(keys=names, args=args))
+        return int(result) == 1
+
+    async def append_many(
+        self, me: str, batches: Mapping[str, Sequence[tuple[LogEntry, str, str]]]
+    ) -> dict[str, bool | Exception]:
+        """:meth:`append` for several sessions in one round trip (a pipeline of one
+        script call each). For each session: whether it was written (False: ``me``
+        does not hold its lease), or the error Redis answered for it."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for session, entries in batches.items():
+                names, args = self._append_call(session, me, entries)
+                await self._append(keys=names, args=args, client=pipe)
+            results = await self._call("append", pipe.execute(raise_on_error=False))
+        out: dict[str, bool | Exception] = {}
+        for session, result in zip(batches, results, strict=True):
+            if isinstance(result, ResponseError):
+                out[session] = result
+            elif isinstance(result, Exception):  # the link failed mid-pipeline
+                raise StoreUnavailable(
+                    f"the session store (Redis at {self.describe(self.url)}) failed: {result}"
+                )
+            else:
+                out[session] = int(result) == 1
+        return out
+
+    def _append_call(
+        self, session: str, me: str, entries: Sequence[tuple[LogEntry, str, str]]
+    ) -> tuple[list[str], list[Any]]:
         keys = _keys(session)
         limits = self.limits
         args: list[Any] = [
@@ -296,9 +336,7 @@ class RedisStore:
         ]
         for entry, a, b in entries:
             args += [entry.seq, entry.reply, entry.kind, entry.frame, a, b]
-        names = [keys[k] for k in ("meta", "log", "lease", "open", "replies")]
-        result = await self._call("append", self._append(keys=names, args=args))
-        return int(result) == 1
+        return [keys[k] for k in ("meta", "log", "lease", "open", "replies")], args
 
     async def read(self, session: str, after_seq: int, count: int | None = None) -> list[LogEntry]:
         """Events with a seq above ``after_seq``, oldest first."""

@@ -195,6 +195,7 @@ class LiveSession:
         # (the store, which delivers them), the last seq sent to the attached client,
         # and the replies that client has seen start and not end.
         self.owned = False
+        self.lease_epoch = 0  # how many times this gateway has taken the lease
         self.sink: Callable[[list[ServerFrame]], None] | None = None
         self.delivered = 0
         self.open_seen: set[str] = set()

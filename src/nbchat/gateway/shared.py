@@ -107,8 +107,15 @@ class SharedSessions:
         self.healthy = True  # whether the store answered last time it was asked
         self._wake_key = f"nbchat:gateway:{self.me}:wake"
         self._wake_id = "0-0"
-        self._pending: dict[str, list[ServerFrame]] = {}  # events not yet stored
-        self._writers: dict[str, asyncio.Task[None]] = {}
+        # Events not yet stored, by session, and the sessions whose events the flusher
+        # is storing now. One flusher writes every session's events, a batch per
+        # session per round trip (group commit): Redis sees one script call per
+        # session per round, not one per token, and the connections in use stay few.
+        self._pending: dict[str, list[ServerFrame]] = {}
+        self._storing: set[str] = set()
+        self._lives: dict[str, LiveSession] = {}
+        self._to_flush = asyncio.Event()
+        self._flushed = asyncio.Event()
         self._locks: dict[str, asyncio.Lock] = {}
         self._loops: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -121,13 +128,13 @@ class SharedSessions:
                 asyncio.create_task(self._read_loop()),
                 asyncio.create_task(self._renew_loop()),
                 asyncio.create_task(self._watch_loop()),
+                asyncio.create_task(self._flush_loop()),
             ]
 
     async def close(self) -> None:
         """Store what is pending (briefly), give back the leases, stop."""
-        writers = [w for w in self._writers.values() if not w.done()]
-        if writers:
-            await asyncio.wait(writers, timeout=3.0)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._all_stored(), 3.0)
         for session in list(self.owned_sessions()):
             with contextlib.suppress(StoreUnavailable):
                 await self.store.release(session, self.me)
@@ -139,7 +146,7 @@ class SharedSessions:
         await asyncio.wait([reader], timeout=BLOCK_MS / 1000 + self.store.timeout_s)
         for task in self._loops:
             task.cancel()
-        await asyncio.gather(*self._loops, *self._writers.values(), return_exceptions=True)
+        await asyncio.gather(*self._loops, return_exceptions=True)
         await self.store.close()
 
     def owned_sessions(self) -> list[str]:
@@ -315,7 +322,9 @@ class SharedSessions:
                     self.gateway.sessions.pop(session, None)
                     connection.close_after_queued(1012, "the session store lost this session")
                     return
-        self.gateway.apply_control(live, frame)
+            # Under the lock: a release of the lease cannot come between the check
+            # above and the events this makes (they would be written without it).
+            self.gateway.apply_control(live, frame)
         await self._maybe_release(live)
 
     def _apply_stored(self, live: LiveSession, text: str) -> None:
@@ -348,6 +357,7 @@ class SharedSessions:
                 clock=asyncio.get_running_loop().time,
             )
         live.owned = True
+        live.lease_epoch += 1
         for reply in live.state.unfinished():
             error = Error(code="gateway_lost", message=GATEWAY_LOST)
             live.emit(live.state.finish(reply, "error", error=error))
@@ -356,12 +366,12 @@ class SharedSessions:
         await self._wake()
         return True
 
-    def _lost(self, live: LiveSession) -> None:
+    def _lost(self, live: LiveSession, why: str) -> None:
         """The lease is no longer this gateway's: stop generating (the new holder ends
         the replies), drop what was not stored."""
         if not live.owned:
             return
-        log.warning("lost the lease of a session (the store lost it, or another gateway took it)")
+        log.warning("lost the lease of a session (%s); its replies end elsewhere", why)
         live.owned = False
         self._pending.pop(live.state.session_id, None)
         for task in live.tasks.values():
@@ -371,22 +381,33 @@ class SharedSessions:
             # client resumes from the store (or, if it lost the session, starts anew).
             live.connection.close_after_queued(1012, "session moved; resume")
 
-    async def _maybe_release(self, live: LiveSession) -> None:
+    def _busy(self, live: LiveSession) -> bool:
+        """Whether the session has anything this gateway must still generate or store."""
         session = live.state.session_id
-        if (
-            not live.owned
-            or live.tasks
+        return bool(
+            live.tasks
             or live.state.unfinished()
             or self._pending.get(session)
-            or session in self._writers
-        ):
+            or session in self._storing
+        )
+
+    async def _maybe_release(self, live: LiveSession) -> None:
+        """Give the lease back once nothing is left to generate or store. Under the
+        session's lock, as every action that may make events is: none can start while
+        the release is on its way (its events would be written without the lease)."""
+        session = live.state.session_id
+        if not live.owned or self._busy(live):
             return
-        result = await self.store.release(session, self.me)
+        async with self._lock(session):
+            if not live.owned or self._busy(live):
+                return
+            result = await self.store.release(session, self.me)
+            if result == 1:
+                live.owned = False
+            elif result == -1:
+                self._lost(live, "it was not this gateway's at release")
         if result == 1:
-            live.owned = False
             await self._wake()
-        elif result == -1:
-            self._lost(live)
         # 0: frames wait in the control stream; the reader brings them here.
 
     async def _adopt_if_orphaned(self, live: LiveSession) -> None:
@@ -405,10 +426,17 @@ class SharedSessions:
         await self._flush(live)
 
     async def _flush(self, live: LiveSession) -> None:
-        writer = self._writers.get(live.state.session_id)
-        if writer is not None:
-            await asyncio.wait([writer])
+        """Wait until the session's events are stored; then the lease may go."""
+        session = live.state.session_id
+        while self._pending.get(session) or session in self._storing:
+            self._flushed.clear()
+            await self._flushed.wait()
         await self._maybe_release(live)
+
+    async def _all_stored(self) -> None:
+        while any(self._pending.values()) or self._storing:
+            self._flushed.clear()
+            await self._flushed.wait()
 
     # --- writing the log ---------------------------------------------------------
 
@@ -417,35 +445,58 @@ class SharedSessions:
             return  # generated after the lease was lost: the new holder ended it
         session = live.state.session_id
         self._pending.setdefault(session, []).extend(events)
-        if session not in self._writers:
-            self._writers[session] = asyncio.create_task(self._write(live))
+        self._lives[session] = live
+        self._to_flush.set()
 
-    async def _write(self, live: LiveSession) -> None:
-        session = live.state.session_id
-        try:
-            while batch := self._pending.get(session):
+    async def _flush_loop(self) -> None:
+        while True:
+            await self._to_flush.wait()
+            self._to_flush.clear()
+            batches = {s: b for s, b in self._pending.items() if b and s not in self._storing}
+            if not batches:
+                continue
+            for session in batches:
                 self._pending[session] = []
-                entries = [(_log_entry(e), *_detail(e)) for e in batch]
-                try:
-                    stored = await self.store.append(session, self.me, entries)
-                except StoreUnavailable as exc:
-                    self._store_down(exc)
-                    self._pending[session][:0] = batch  # kept, in order, for a retry
-                    await asyncio.sleep(RETRY_S)
-                    if not live.owned or (self.gateway.shutting_down and not live.tasks):
-                        return
-                    continue
-                self._store_up()
-                if not stored and not await self._regain(live, batch[0]):
-                    self._lost(live)
-                    return
-                if not stored:
-                    self._pending[session][:0] = batch
-                    continue
-                await self._deliver(live, [e for e, _, _ in entries])
-        finally:
-            self._writers.pop(session, None)
-        await self._maybe_release(live)
+            self._storing.update(batches)
+            try:
+                await self._store_batches(batches)
+            finally:
+                self._storing.difference_update(batches)
+                self._flushed.set()
+            for session in batches:
+                live = self._lives.get(session)
+                if self._pending.get(session):
+                    self._to_flush.set()
+                elif live is not None:
+                    await self._maybe_release(live)
+
+    async def _store_batches(self, batches: dict[str, list[ServerFrame]]) -> None:
+        encoded = {s: [(_log_entry(e), *_detail(e)) for e in b] for s, b in batches.items()}
+        try:
+            results = await self.store.append_many(self.me, encoded)
+        except StoreUnavailable as exc:
+            self._store_down(exc)
+            for session, batch in batches.items():  # kept, in order, for a retry
+                self._pending[session][:0] = batch
+            await asyncio.sleep(RETRY_S)
+            self._to_flush.set()
+            return
+        self._store_up()
+        for session, stored in results.items():
+            live = self._lives.get(session)
+            if live is None:
+                continue
+            if isinstance(stored, Exception):  # Redis refused this one: a bug, say so
+                log.error("storing events of a session failed: %s", stored)
+                self._lost(live, f"a write failed: {stored}")
+            elif not stored:
+                if live.owned and await self._regain(live, batches[session][0]):
+                    self._pending[session][:0] = batches[session]
+                    self._to_flush.set()
+                else:
+                    self._lost(live, "a write was refused")
+            else:
+                await self._deliver(live, [e for e, _, _ in encoded[session]])
 
     async def _regain(self, live: LiveSession, first: ServerFrame) -> bool:
         """After a write was refused: take the lease again if it lapsed (the store was
@@ -530,19 +581,23 @@ class SharedSessions:
         every = self.store.lease_ms / 3000
         while True:
             await asyncio.sleep(every)
-            sessions = self.owned_sessions()
+            owned = [
+                (session, live, live.lease_epoch)
+                for session, live in self.gateway.sessions.items()
+                if live.owned
+            ]
             try:
-                held = await self.store.renew(sessions, self.me)
-                if not sessions and not await self.store.ping():
+                held = await self.store.renew([session for session, _, _ in owned], self.me)
+                if not owned and not await self.store.ping():
                     raise StoreUnavailable("the session store does not answer")
             except StoreUnavailable as exc:
                 self._store_down(exc)
                 continue
             self._store_up()
-            for session, still in zip(sessions, held, strict=True):
-                live = self.gateway.sessions.get(session)
-                if live is not None and not still:
-                    self._lost(live)
+            for (_, live, epoch), still in zip(owned, held, strict=True):
+                # Not if the lease was given back and taken again meanwhile.
+                if not still and live.owned and live.lease_epoch == epoch:
+                    self._lost(live, "it could not be renewed")
 
     async def _watch_loop(self) -> None:
         while True:
