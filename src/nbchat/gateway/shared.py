@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hmac
 import json
 import logging
@@ -119,6 +120,9 @@ class SharedSessions:
         self._locks: dict[str, asyncio.Lock] = {}
         self._loops: list[asyncio.Task[None]] = []
         self._stopping = False
+        # The sessions' states here keep no log of their own: Redis holds it, and
+        # resumes read it there (a second copy would cost memory and GC time per token).
+        self._state_limits = dataclasses.replace(gateway.log_limits, max_events=0, max_bytes=0)
 
     # --- life -------------------------------------------------------------------
 
@@ -160,7 +164,7 @@ class SharedSessions:
         from .server import LiveSession
 
         loop = asyncio.get_running_loop()
-        state = GatewaySession(session, limits=self.gateway.log_limits, clock=loop.time)
+        state = GatewaySession(session, limits=self._state_limits, clock=loop.time)
         live = LiveSession(state, loop.time(), owner)
         live.sink = lambda events: self._queue(live, events)
         self.gateway.sessions[session] = live
@@ -353,7 +357,7 @@ class SharedSessions:
                 [decode_server(e.frame) for e in entries],
                 last_seq=seq,
                 open_replies=await store.open_replies(session),
-                limits=self.gateway.log_limits,
+                limits=self._state_limits,
                 clock=asyncio.get_running_loop().time,
             )
         live.owned = True
