@@ -16,13 +16,14 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from nbchat import Chat
 from nbchat.gateway import EmbeddedGateway, Gateway
 from nbchat.gateway.config import load_models
-from nbchat.gateway.redis_store import RedisStore
+from nbchat.gateway.redis_store import LogEntry, RedisStore
 from nbchat.session import LogLimits
 
 from faults import FaultyProxy
@@ -245,9 +246,9 @@ def test_a_resume_beyond_the_trimmed_log_gets_exact_snapshots(redis: RedisServer
             wait_until(lambda: len(reply.chunks) >= 3, "streaming from A")
             proxy.swallow_upstream = False
             proxy.target_port = b.gateway.port
-            proxy.stall(1.0)  # A goes on; the log outruns what the client has
+            proxy.stall(3 * TIMEOUT)  # A goes on; the log outruns what the client has
             time.sleep(1.0)
-            proxy.cut()
+            proxy.cut()  # during the stall: nothing more reached the client
             reply.wait(TIMEOUT)
             assert reply.finish == "stop"
             assert reply.text == uninterrupted(b, "a gap on the other gateway " * 4)
@@ -256,3 +257,134 @@ def test_a_resume_beyond_the_trimmed_log_gets_exact_snapshots(redis: RedisServer
         proxy.close()
         a.close()
         b.close()
+
+
+# --- what an adversarial review found ----------------------------------------------
+
+
+def test_back_to_back_replies_on_one_gateway_all_end_normally(
+    pair: tuple[EmbeddedGateway, EmbeddedGateway],
+) -> None:
+    # Each next start arrives while the lease of the last reply is being given back:
+    # it used to be started without the lease, and end gateway_lost after 5 s.
+    a, _ = pair
+    with Chat(url=a.url, token=TOKEN, tokens_per_s=0) as chat:
+        replies = [chat.send(f"message {n}") for n in range(8)]
+        for reply in replies:
+            reply.wait(TIMEOUT)
+        assert [r.finish for r in replies] == ["stop"] * 8, [r.error for r in replies]
+
+
+def test_an_append_sent_again_after_a_timeout_changes_nothing(redis: RedisServer) -> None:
+    # Redis may run a write whose answer never came back; the gateway sends it again.
+    async def run() -> tuple[bool, bool, list[int]]:
+        store = RedisStore(redis.url)
+        try:
+            await store.create("s1", "owner")
+            assert await store.acquire_or_forward("s1", "gw")
+            batch = [
+                (LogEntry(1, '{"type":"started"}', "r1", "started"), "", ""),
+                (LogEntry(2, '{"type":"delta"}', "r1", "delta"), "hi", ""),
+            ]
+            first = await store.append("s1", "gw", batch)
+            again = await store.append("s1", "gw", batch)
+            return first, again, [e.seq for e in await store.read("s1", 0)]
+        finally:
+            await store.close()
+
+    first, again, seqs = asyncio.run(run())
+    assert (first, again) == (True, True)
+    assert seqs == [1, 2]
+
+
+def test_a_crafted_session_id_cannot_touch_the_store(
+    pair: tuple[EmbeddedGateway, EmbeddedGateway],
+) -> None:
+    # Session ids name Redis keys: a reply "x}:meta" makes the string key
+    # nbchat:{S}:text:x}:meta, which a hello for session "S}:text:x" would read as that
+    # session's meta (WRONGTYPE); that used to read as "Redis down" and end every reply.
+    a, _ = pair
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+
+    async def hello(ws: Any, session: str | None = None) -> dict[str, Any]:
+        await ws.send(json.dumps({"type": "hello", "client": "t", "session": session}))
+        return json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))  # type: ignore[no-any-return]
+
+    async def plant() -> str:
+        from websockets.asyncio.client import connect
+
+        async with connect(a.url, additional_headers=headers) as ws:
+            session = str((await hello(ws))["session"])
+            start = {
+                "type": "start",
+                "reply": "x}:meta",
+                "model": "demo",
+                "messages": [{"role": "user", "content": "hi"}],
+                "params": {"tokens_per_s": 0},
+            }
+            await ws.send(json.dumps(start))
+            while json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))["type"] != "done":
+                pass
+            return session
+
+    async def probe(session: str) -> dict[str, Any]:
+        from websockets.asyncio.client import connect
+
+        async with connect(a.url, additional_headers=headers) as ws:
+            return await hello(ws, f"{session}}}:text:x")
+
+    planted = asyncio.run(plant())
+    with Chat(url=a.url, token=TOKEN, tokens_per_s=40) as chat:
+        reply = chat.send("go on while someone probes " * 3)
+        wait_until(lambda: len(reply.chunks) >= 3, "streaming")
+        welcome = asyncio.run(probe(planted))
+        assert welcome["type"] == "welcome"
+        assert welcome["resumed"] is False
+        reply.wait(TIMEOUT)
+        assert reply.finish == "stop"
+        assert a.gateway.store_healthy()
+
+
+def test_a_session_the_store_lost_ends_the_reply_of_a_client_on_the_other_gateway(
+    redis: RedisServer, pair: tuple[EmbeddedGateway, EmbeddedGateway], balancer: FaultyProxy
+) -> None:
+    _, b = pair
+    with Chat(url=balancer.url(), token=TOKEN, tokens_per_s=30) as chat:
+        reply = chat.send("the store forgets this " * 4)
+        wait_until(lambda: len(reply.chunks) >= 3, "streaming from A")
+        move_to(balancer, b)
+        wait_until(lambda: chat.status_detail.startswith("resumed"), "resumed on B")
+
+        async def flush() -> None:
+            store = RedisStore(redis.url)
+            await store.redis.flushall()
+            await store.close()
+
+        asyncio.run(flush())
+        reply.wait(2 * TIMEOUT)
+        assert reply.finish == "error"
+        assert reply.error_code == "session_lost"
+        assert chat.send("a new session", tokens_per_s=0).wait(TIMEOUT).finish == "stop"
+
+
+def test_a_client_ahead_of_the_store_gets_a_new_session(
+    pair: tuple[EmbeddedGateway, EmbeddedGateway],
+) -> None:
+    # Redis restored from an older snapshot: the client has seen seqs it no longer has.
+    a, b = pair
+    with Chat(url=a.url, token=TOKEN, tokens_per_s=0) as chat:
+        chat.send("one").wait(TIMEOUT)
+        session = chat._conversation.connection.session.session_id
+
+    async def resume() -> dict[str, object]:
+        from websockets.asyncio.client import connect
+
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        async with connect(b.url, additional_headers=headers) as ws:
+            hello = {"type": "hello", "client": "t", "session": session, "last_seq": 999}
+            await ws.send(json.dumps(hello))
+            return json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
+
+    welcome = asyncio.run(resume())
+    assert welcome["type"] == "welcome"
+    assert welcome["resumed"] is False

@@ -153,6 +153,11 @@ class _ServeOptions:
 def _tokens(args: argparse.Namespace) -> list[str]:
     """The tokens of --token and --token-file; $NBCHAT_TOKEN when neither is given."""
     tokens = list(args.token or [])
+    if any(not t.strip() or t != t.strip() for t in tokens):
+        raise AuthSetupError(
+            "--token is empty or has spaces around it: nobody could present it; give a "
+            "token of visible characters"
+        )
     if args.token_file is not None:
         tokens += read_token_file(args.token_file)
     if not tokens:

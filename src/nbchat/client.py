@@ -42,6 +42,7 @@ from websockets.uri import parse_uri
 
 from . import __version__
 from .backoff import Backoff
+from .gateway.auth import install_log_redaction
 from .protocol import (
     CLOSE_TAKEN_OVER,
     DEFAULT_MAX_FRAME_BYTES,
@@ -253,6 +254,7 @@ class ClientConnection:
         return url
 
     async def _connect(self, url: str, timeout: float) -> tuple[WebSocket, Welcome]:
+        install_log_redaction()  # websockets' DEBUG lines would show the token
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         try:
             websocket = await connect(

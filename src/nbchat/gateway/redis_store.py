@@ -25,6 +25,7 @@ memory store (events, bytes, age), oldest first.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ __all__ = [
     "log_entry",
     "log_key",
     "session_of",
+    "valid_session_id",
 ]
 
 PREFIX: Final = "nbchat"
@@ -73,6 +75,15 @@ class SessionMeta:
     seq: int
 
 
+SESSION_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def valid_session_id(session: str) -> bool:
+    """Whether ``session`` can name keys: the alphabet of ``secrets.token_urlsafe``.
+    Anything else (a ``}`` or ``:``) could make one session's keys another's."""
+    return SESSION_ID.fullmatch(session) is not None
+
+
 def _keys(session: str) -> dict[str, str]:
     base = f"{PREFIX}:{{{session}}}:"
     return {name: base + name for name in ("meta", "log", "lease", "ctl", "open", "replies")}
@@ -83,6 +94,12 @@ def _keys(session: str) -> dict[str, str]:
 # a, b: delta -> text, "" | "reasoning"; error -> code, message; done -> finish, usage.
 _APPEND: Final = """
 if redis.call('GET', KEYS[3]) ~= ARGV[1] then return -1 end
+-- A batch sent again (its first try timed out after Redis had run it) changes
+-- nothing twice: entries already stored are skipped; a gap is refused.
+local stored = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
+local first = tonumber(ARGV[9])
+if first and first > stored + 1 then return -2 end
+if first and tonumber(ARGV[#ARGV - 5]) <= stored then return 1 end
 local ttl, maxev, maxbytes = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local now, maxage, keep, base = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8]
 local bytes = tonumber(redis.call('HGET', KEYS[1], 'bytes') or '0')
@@ -91,6 +108,7 @@ while i <= #ARGV do
   local seq, reply, kind, frame = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3]
   local a, b = ARGV[i+4], ARGV[i+5]
   i = i + 6
+  if tonumber(seq) > stored then
   redis.call('XADD', KEYS[2], seq .. '-0', 'f', frame, 'r', reply, 'k', kind, 't', now)
   bytes = bytes + #frame
   local rkey = base .. 'r:' .. reply
@@ -114,6 +132,7 @@ while i <= #ARGV do
   end
   redis.call('HSET', rkey, 'seen', '1')
   redis.call('PEXPIRE', rkey, ttl)
+  end
 end
 redis.call('HSET', KEYS[1], 'seq', ARGV[#ARGV - 5])
 -- Trim oldest first: by events, bytes and age.
@@ -451,7 +470,10 @@ class RedisStore:
         return [(_text(key), entries) for key, entries in raw or []]
 
     async def wake(self, key: str) -> None:
-        await self._call("wake", self.redis.xadd(key, {"w": "1"}, maxlen=16, approximate=True))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xadd(key, {"w": "1"}, maxlen=16, approximate=True)
+            pipe.pexpire(key, 60_000)  # a gateway's own key: gone soon after it is
+            await self._call("wake", pipe.execute())
 
 
 def _entry(entry_id: Any, fields: dict[bytes, bytes]) -> LogEntry:

@@ -531,8 +531,12 @@ class Gateway:
         self, live: LiveSession, frame: Start, route: ModelRoute | None, params: dict[str, Any]
     ) -> Error | None:
         """Why a reply that was started cannot run, if it cannot."""
-        if self.shutting_down:
-            return Error(code="gateway_shutdown", message="the gateway is shutting down")
+        if self.shutting_down or self.draining:
+            return Error(
+                code="gateway_shutdown",
+                message="the gateway is shutting down and takes no new replies; send again "
+                "(the client reconnects to another gateway)",
+            )
         if len(live.tasks) >= self.limits.replies_per_session:
             return Error(
                 code="busy",
@@ -623,12 +627,9 @@ class Gateway:
                 error = live.end_errors.pop(reply)
                 live.emit(live.state.finish(reply, "error", timing=elapsed(), error=error))
             else:
-                error = Error(
-                    code="gateway_shutdown",
-                    message="the gateway shut down while generating this reply; the "
-                    "partial text is kept, send again to continue",
+                live.emit(
+                    live.state.finish(reply, "error", timing=elapsed(), error=shutdown_error())
                 )
-                live.emit(live.state.finish(reply, "error", timing=elapsed(), error=error))
         except ProviderError as exc:
             error = Error(code=exc.code, message=valid_unicode(exc.message))
             live.emit(live.state.finish(reply, "error", timing=elapsed(), error=error))
@@ -760,6 +761,15 @@ class Gateway:
             # Generation is over but the reply may still be open: paused, with its end
             # held until resume. A stop ends it now (and does nothing to a finished one).
             live.emit(live.state.finish(reply, "stopped"))
+
+
+def shutdown_error() -> Error:
+    """How a reply cut short by the gateway's shutdown ends."""
+    return Error(
+        code="gateway_shutdown",
+        message="the gateway shut down while generating this reply; the partial text is "
+        "kept, send again to continue",
+    )
 
 
 def _unsendable_arguments(call: str, name: str, arguments: dict[str, Any]) -> str | None:

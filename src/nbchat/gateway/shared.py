@@ -57,6 +57,7 @@ from .redis_store import (
     log_entry,
     log_key,
     session_of,
+    valid_session_id,
 )
 
 if TYPE_CHECKING:
@@ -136,12 +137,22 @@ class SharedSessions:
             ]
 
     async def close(self) -> None:
-        """Store what is pending (briefly), give back the leases, stop."""
+        """End what is left open (a paused reply's held text is sent first), store what
+        is pending (briefly), give back the leases, stop."""
+        from .server import shutdown_error
+
+        for live in list(self.gateway.sessions.values()):
+            if live.owned:
+                for reply in live.state.unfinished():
+                    live.emit(live.state.finish(reply, "error", error=shutdown_error()))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._all_stored(), 3.0)
-        for session in list(self.owned_sessions()):
-            with contextlib.suppress(StoreUnavailable):
-                await self.store.release(session, self.me)
+        if self.healthy:
+            releases = [self.store.release(s, self.me) for s in self.owned_sessions()]
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    asyncio.gather(*releases, return_exceptions=True), self.store.timeout_s
+                )
         # The reader is not cancelled inside its blocking read (redis-py's connection
         # would not come back from that): it is woken, and sees it is to stop.
         self._stopping = True
@@ -216,7 +227,12 @@ class SharedSessions:
             raise ProtocolError("hello was already sent on this connection")
         gateway, store = self.gateway, self.store
         try:
-            meta = await store.meta(frame.session) if frame.session else None
+            known = frame.session is not None and valid_session_id(frame.session)
+            meta = await store.meta(frame.session) if known and frame.session else None
+            if meta is not None and (frame.last_seq or 0) > meta.seq:
+                # The client has seen more than the store holds (Redis came back from an
+                # older snapshot): the session as the client knew it is gone.
+                meta = None
             if meta is not None and not hmac.compare_digest(meta.owner, connection.owner):
                 connection.send(
                     Error(
@@ -227,14 +243,13 @@ class SharedSessions:
                 )
                 connection.close_after_queued(1008, "unauthorized")
                 return
+            new_here = meta is None or frame.session not in gateway.sessions
+            full = len(gateway.sessions) >= gateway.limits.sessions
+            if new_here and full and not gateway._evict_idle_session():
+                raise GatewayBusy(
+                    f"this gateway serves {gateway.limits.sessions} sessions already, all in use"
+                )
             if meta is None:
-                if len(gateway.sessions) >= gateway.limits.sessions and not (
-                    gateway._evict_idle_session()
-                ):
-                    raise GatewayBusy(
-                        f"this gateway serves {gateway.limits.sessions} sessions already, "
-                        "all in use"
-                    )
                 session = secrets.token_urlsafe(16)
                 await store.create(session, connection.owner)
                 live = self._local(session, connection.owner)
@@ -244,10 +259,6 @@ class SharedSessions:
             else:
                 session = frame.session or ""
                 after = frame.last_seq or 0
-                if after > meta.seq:
-                    raise SessionError(
-                        f"last_seq {after} is ahead of this session (last seq {meta.seq})"
-                    )
                 live = gateway.sessions.get(session) or self._local(session, connection.owner)
                 last_seq, entries, snapshots = await store.resume(session, after)
                 opened = await store.open_replies(session)
@@ -370,6 +381,23 @@ class SharedSessions:
         await self._wake()
         return True
 
+    def _forget(self, live: LiveSession, why: str) -> None:
+        session = live.state.session_id
+        if self.gateway.sessions.get(session) is live:
+            del self.gateway.sessions[session]
+        if live.connection is not None:
+            live.connection.close_after_queued(1012, why)
+
+    def _prune(self) -> None:
+        """Drop what this gateway keeps for sessions it no longer has."""
+        sessions = self.gateway.sessions
+        for table in (self._locks, self._pending, self._lives):
+            for session in [s for s in table if s not in sessions and s not in self._storing]:
+                lock = self._locks.get(session)
+                if table is self._locks and lock is not None and lock.locked():
+                    continue
+                del table[session]
+
     def _lost(self, live: LiveSession, why: str) -> None:
         """The lease is no longer this gateway's: stop generating (the new holder ends
         the replies), drop what was not stored."""
@@ -418,6 +446,11 @@ class SharedSessions:
         """Take a session whose lease holder is gone while replies are open."""
         session = live.state.session_id
         async with self._lock(session):
+            if await self.store.meta(session) is None:
+                # The store lost the session (flushed, evicted, an empty replica): its
+                # client must hear of it, and starts anew on its next connection.
+                self._forget(live, "the session store lost this session")
+                return
             if live.owned or await self.store.lease_holder(session) is not None:
                 return
             if not await self.store.open_replies(session):
@@ -481,7 +514,8 @@ class SharedSessions:
         except StoreUnavailable as exc:
             self._store_down(exc)
             for session, batch in batches.items():  # kept, in order, for a retry
-                self._pending[session][:0] = batch
+                if (live := self._lives.get(session)) is not None and live.owned:
+                    self._pending.setdefault(session, [])[:0] = batch
             await asyncio.sleep(RETRY_S)
             self._to_flush.set()
             return
@@ -494,8 +528,8 @@ class SharedSessions:
                 log.error("storing events of a session failed: %s", stored)
                 self._lost(live, f"a write failed: {stored}")
             elif not stored:
-                if live.owned and await self._regain(live, batches[session][0]):
-                    self._pending[session][:0] = batches[session]
+                if live.owned and await self._regain(live, batches[session][0]) and live.owned:
+                    self._pending.setdefault(session, [])[:0] = batches[session]
                     self._to_flush.set()
                 else:
                     self._lost(live, "a write was refused")
@@ -606,6 +640,7 @@ class SharedSessions:
     async def _watch_loop(self) -> None:
         while True:
             await asyncio.sleep(ORPHAN_CHECK_S)
+            self._prune()
             for live in list(self.gateway.sessions.values()):
                 if live.connection is None or live.owned or not live.open_seen:
                     continue
