@@ -41,6 +41,7 @@ __all__ = [
     "LogEntry",
     "RedisStore",
     "SessionMeta",
+    "StoreBusy",
     "StoreUnavailable",
     "ctl_key",
     "log_entry",
@@ -52,11 +53,16 @@ __all__ = [
 PREFIX: Final = "nbchat"
 # Connections to Redis per gateway (besides the blocking reader's): writes go in one
 # pipeline per round trip, so a few serve thousands of sessions.
-MAX_CONNECTIONS: Final = 32
+MAX_CONNECTIONS: Final = 64
 
 
 class StoreUnavailable(Exception):
     """Redis cannot be reached (or failed); the message says what happened."""
+
+
+class StoreBusy(StoreUnavailable):
+    """Every connection to Redis is in use for longer than the timeout: this gateway is
+    overloaded, Redis is not down."""
 
 
 @dataclass(frozen=True)
@@ -264,6 +270,11 @@ class RedisStore:
         except ResponseError:
             raise  # Redis answered: an error of ours (a script's), not an outage
         except (RedisError, OSError) as exc:
+            if "No connection available" in str(exc):  # the pool's wait ran out
+                raise StoreBusy(
+                    f"all {MAX_CONNECTIONS} connections of this gateway to the session "
+                    "store stayed in use; the gateway is overloaded"
+                ) from None
             raise StoreUnavailable(
                 f"the session store (Redis at {self.describe(self.url)}) is unreachable: "
                 f"{type(exc).__name__}: {exc}"

@@ -52,6 +52,7 @@ from ..session import GatewaySession, SessionError
 from .redis_store import (
     LogEntry,
     RedisStore,
+    StoreBusy,
     StoreUnavailable,
     ctl_key,
     log_entry,
@@ -210,7 +211,8 @@ class SharedSessions:
             connection.send(Error(code="bad_request", message=str(exc)))
         except StoreUnavailable as exc:
             self._store_down(exc)
-            connection.send(Error(code="store_unavailable", message=str(exc), reply=reply))
+            code = "busy" if isinstance(exc, StoreBusy) else "store_unavailable"
+            connection.send(Error(code=code, message=str(exc), reply=reply))
         except Exception as exc:  # a bug here must not cost the connection or the loop
             log.exception("failed to handle a frame")
             connection.send(
@@ -269,7 +271,8 @@ class SharedSessions:
             return
         except StoreUnavailable as exc:
             self._store_down(exc)
-            connection.send(Error(code="store_unavailable", message=f"{exc}; try again later"))
+            code = "busy" if isinstance(exc, StoreBusy) else "store_unavailable"
+            connection.send(Error(code=code, message=f"{exc}; try again later"))
             connection.close_after_queued(1013, "session store unavailable")
             return
         self._store_up()
@@ -654,8 +657,9 @@ class SharedSessions:
 
     def _store_down(self, exc: StoreUnavailable) -> None:
         """Tell clients with replies open, and end the replies this gateway generates:
-        nothing of them can be stored or delivered until the store is back."""
-        if not self.healthy:
+        nothing of them can be stored or delivered until the store is back. (Not for
+        an overloaded gateway's wait for a connection: Redis answers, it is not down.)"""
+        if not self.healthy or isinstance(exc, StoreBusy):
             return
         self.healthy = False
         log.warning("%s", exc)
