@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import settings
@@ -12,6 +13,7 @@ from nbchat import Chat
 from nbchat.gateway import EmbeddedGateway, Gateway
 from nbchat.local_models import MODELS
 
+from redis_server import RedisServer
 from replay_server import Replay
 
 # A fixed budget in CI. For a long run (about 4 minutes):
@@ -37,6 +39,17 @@ def replay() -> Iterator[Replay]:
     server = Replay().start()
     yield server
     server.close()
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of the test's own (tests/redis_server.py); skipped without the
+    binary, which NBCHAT_REQUIRE_ALL (CI) turns into a failure."""
+    if not RedisServer.available():
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    server = RedisServer(tmp_path).start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture

@@ -27,15 +27,6 @@ pytestmark = pytest.mark.redis
 TOKEN = "team-secret-token"
 
 
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    if not RedisServer.available():
-        pytest.skip("redis-server is not installed (apt-get install redis-server)")
-    server = RedisServer(tmp_path).start()
-    yield server
-    server.stop()
-
-
 @dataclass
 class Served:
     process: subprocess.Popen[bytes]

@@ -36,15 +36,6 @@ pytestmark = pytest.mark.redis
 TOKEN = "team-token"
 
 
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    if not RedisServer.available():
-        pytest.skip("redis-server is not installed (apt-get install redis-server)")
-    server = RedisServer(tmp_path).start()
-    yield server
-    server.stop()
-
-
 def shared_gateway(redis: RedisServer, **kwargs: object) -> EmbeddedGateway:
     gateway = Gateway(token=TOKEN, store=RedisStore(redis.url, lease_s=2.0), **kwargs)  # type: ignore[arg-type]
     return EmbeddedGateway(gateway).start()
