@@ -20,6 +20,7 @@ from nbchat import Chat
 
 from faults import FaultyProxy
 from redis_server import RedisServer
+from replay_server import Replay
 from timeouts import TIMEOUT, wait_until
 
 pytestmark = pytest.mark.redis
@@ -38,7 +39,7 @@ class Served:
         return int(self.url.rsplit(":", 1)[1].split("/", 1)[0])
 
 
-def serve(redis: RedisServer, log: Path, *extra: str) -> Served:
+def serve(redis: RedisServer, log: Path, *extra: str, env: dict[str, str] | None = None) -> Served:
     """``nbchat serve`` on a free port and the shared Redis; its output goes to ``log``
     (a file, not a pipe nobody reads, which would block it when full)."""
     with log.open("wb") as out:
@@ -49,7 +50,7 @@ def serve(redis: RedisServer, log: Path, *extra: str) -> Served:
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "NBCHAT_CONFIG": "", "OPENAI_API_KEY": ""},
+            env={**os.environ, "NBCHAT_CONFIG": "", "OPENAI_API_KEY": "", **(env or {})},
         )
     deadline = time.monotonic() + 3 * TIMEOUT
     while time.monotonic() < deadline and process.poll() is None:
@@ -129,3 +130,57 @@ def test_sigterm_drains_and_the_client_continues_on_b_exactly(
         assert chat.url == b.url
         # A finished generating the reply into Redis, then exited cleanly.
         assert a.process.wait(30) == 0
+
+
+def test_pause_and_resume_through_b_of_a_reply_generated_by_process_a(
+    gateways: tuple[Served, Served],
+) -> None:
+    a, b = gateways
+    text = "paused through the other process " * 4
+    proxy = FaultyProxy(a.port, seed=12, slice_bytes=None).start()
+    try:
+        with Chat(url=[proxy.url(), b.url], token=TOKEN, tokens_per_s=30) as chat:
+            reply = chat.send(text)
+            wait_until(lambda: len(reply.chunks) >= 3, "streaming from A")
+            proxy.cut()
+            wait_until(lambda: chat.url == b.url and chat.status == "connected", "on B")
+            reply.pause()
+            wait_until(lambda: reply.status == "paused", "paused through B")
+            held = len(reply.text)
+            time.sleep(1.0)  # A goes on generating, and holds it
+            assert len(reply.text) == held
+            reply.resume().wait(TIMEOUT)
+            assert reply.finish == "stop"
+            assert reply.text == uninterrupted(b.url, text)
+    finally:
+        proxy.close()
+
+
+def test_stop_through_b_closes_process_a_s_provider_request(
+    redis: RedisServer, replay: Replay, tmp_path: Path
+) -> None:
+    config = tmp_path / "nbchat.toml"
+    config.write_text(
+        '[[models]]\nname = "long"\nprovider = "openai-compatible"\n'
+        f'base_url = "{replay.base_url}"\napi_key_env = "NBCHAT_TEST_KEY"\n'
+    )
+    replay.event_delay_s = 0.02
+    env = {"NBCHAT_TEST_KEY": "sk-test-0123456789"}
+    a = serve(redis, tmp_path / "a.log", "--config", str(config), env=env)
+    b = serve(redis, tmp_path / "b.log", "--config", str(config), env=env)
+    proxy = FaultyProxy(a.port, seed=13, slice_bytes=None).start()
+    try:
+        with Chat(url=[proxy.url(), b.url], token=TOKEN, model="long") as chat:
+            reply = chat.send("go on forever")
+            wait_until(lambda: len(reply.chunks) >= 5, "streaming from A")
+            proxy.cut()
+            wait_until(lambda: chat.url == b.url and chat.status == "connected", "on B")
+            replay.disconnected_at.clear()
+            reply.stop().wait(TIMEOUT)
+            assert reply.finish == "stopped"
+            wait_until(lambda: bool(replay.disconnected_at), "A's upstream request closed")
+    finally:
+        proxy.close()
+        for served in (a, b):
+            served.process.kill()
+            served.process.wait(TIMEOUT)

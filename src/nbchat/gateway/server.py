@@ -79,6 +79,7 @@ __all__ = [
     "GatewayConnection",
     "LiveSession",
     "ModelRoute",
+    "shutdown_error",
 ]
 
 log = logging.getLogger("nbchat.gateway")
