@@ -56,6 +56,7 @@ from .protocol import (
 )
 
 __all__ = [
+    "RESUME_GAP",
     "TRANSITIONS",
     "ClientSession",
     "GatewaySession",
@@ -100,6 +101,13 @@ _STATE_BY_FINISH: Final[dict[str, ReplyState]] = {
     "error": ReplyState.ERROR,
 }
 
+
+# Sent before the snapshots of a resume that the log no longer reaches back to.
+RESUME_GAP: Final = Error(
+    code="resume_gap",
+    message="the session log no longer reaches back to your last_seq; the replies that "
+    "changed are sent in full",
+)
 
 # How many ids of forgotten replies a session remembers (a few bytes each).
 _FORGOTTEN_IDS: Final = 4096

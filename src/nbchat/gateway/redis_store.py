@@ -40,6 +40,7 @@ from ..session import LogLimits
 __all__ = [
     "LogEntry",
     "RedisStore",
+    "Resumption",
     "SessionMeta",
     "StoreBusy",
     "StoreUnavailable",
@@ -73,6 +74,18 @@ class LogEntry:
     frame: str  # encoded, sent to clients as is
     reply: str
     kind: str  # the frame's type
+
+
+@dataclass(frozen=True)
+class Resumption:
+    """What :meth:`RedisStore.resume` reads: the session's last seq, and either the
+    events after the client's (``snapshots`` None) or, when the log no longer reaches
+    back, a snapshot of each reply that changed since; and the replies still open."""
+
+    last_seq: int
+    entries: list[LogEntry]
+    snapshots: list[Snapshot] | None
+    opened: set[str]
 
 
 @dataclass(frozen=True)
@@ -136,7 +149,6 @@ while i <= #ARGV do
     redis.call('HDEL', rkey, 'paused')
     redis.call('HSET', rkey, 'finish', a, 'usage', b)
   end
-  redis.call('HSET', rkey, 'seen', '1')
   redis.call('PEXPIRE', rkey, ttl)
   end
 end
@@ -373,29 +385,24 @@ class RedisStore:
         raw = await self._call(
             "read", self.redis.xrange(_keys(session)["log"], f"{after_seq + 1}-0", "+", count)
         )
-        return [_entry(entry_id, fields) for entry_id, fields in raw]
+        return [log_entry(entry_id, fields) for entry_id, fields in raw]
 
-    async def first_seq(self, session: str) -> int | None:
-        raw = await self._call("read", self.redis.xrange(_keys(session)["log"], "-", "+", 1))
-        return _entry(*raw[0]).seq if raw else None
-
-    async def resume(
-        self, session: str, after_seq: int
-    ) -> tuple[int, list[LogEntry], list[Snapshot] | None]:
-        """For a client resuming after ``after_seq``: the session's last seq, and either
-        the events after it or (when the log no longer reaches back) a snapshot of each
-        reply that changed since, all read at one instant."""
+    async def resume(self, session: str, after_seq: int) -> Resumption:
+        """What a client resuming after ``after_seq`` needs, read at one instant (but
+        for the snapshots, read next)."""
         keys = _keys(session)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hget(keys["meta"], "seq")
             pipe.xrange(keys["log"], "-", "+", 1)
             pipe.xrange(keys["log"], f"{after_seq + 1}-0", "+")
             pipe.zrangebyscore(keys["replies"], f"({after_seq}", "+inf")
-            seq, first, events, changed = await self._call("resume", pipe.execute())
+            pipe.smembers(keys["open"])
+            seq, first, events, changed, members = await self._call("resume", pipe.execute())
         last_seq = int(seq or 0)
-        oldest = _entry(*first[0]).seq if first else last_seq + 1
+        opened = {_text(m) for m in members}
+        oldest = log_entry(*first[0]).seq if first else last_seq + 1
         if oldest <= after_seq + 1:
-            return last_seq, [_entry(i, f) for i, f in events], None
+            return Resumption(last_seq, [log_entry(i, f) for i, f in events], None, opened)
         base = f"{PREFIX}:{{{session}}}:"
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hget(keys["meta"], "seq")
@@ -422,7 +429,7 @@ class RedisStore:
                     usage=json.loads(d["usage"]) if d.get("usage") else None,
                 )
             )
-        return int(out[0] or 0), [], snapshots
+        return Resumption(int(out[0] or 0), [], snapshots, opened)
 
     async def open_replies(self, session: str) -> set[str]:
         members = await self._call("open", self.redis.smembers(_keys(session)["open"]))
@@ -487,18 +494,14 @@ class RedisStore:
             await self._call("wake", pipe.execute())
 
 
-def _entry(entry_id: Any, fields: dict[bytes, bytes]) -> LogEntry:
+def log_entry(entry_id: Any, fields: dict[bytes, bytes]) -> LogEntry:
+    """A log entry as Redis returns it (XRANGE, XREAD), parsed."""
     return LogEntry(
         seq=int(_text(entry_id).split("-", 1)[0]),
         frame=_text(fields[b"f"]),
         reply=_text(fields[b"r"]),
         kind=_text(fields[b"k"]),
     )
-
-
-def log_entry(entry_id: Any, fields: dict[bytes, bytes]) -> LogEntry:
-    """A log entry as :meth:`RedisStore.wait` returns it, parsed."""
-    return _entry(entry_id, fields)
 
 
 def log_key(session: str) -> str:

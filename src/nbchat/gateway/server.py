@@ -51,7 +51,7 @@ from ..protocol import (
     encode,
     valid_unicode,
 )
-from ..session import GatewaySession, LogLimits, SessionError
+from ..session import RESUME_GAP, GatewaySession, LogLimits, SessionError
 from .auth import SessionNotYours, install_log_redaction, origin_refusal, token_matches
 from .limits import FrameRate, GatewayLimits
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -737,6 +737,20 @@ class Gateway:
         if future is not None and not future.done():
             future.set_result(frame)
 
+    def welcome(self, session: str, last_seq: int, resumed: bool) -> Welcome:
+        """The answer to a hello that opened (or resumed) ``session``."""
+        return Welcome(
+            session=session,
+            last_seq=last_seq,
+            models=tuple(self.offered()),
+            resumed=resumed,
+            server=f"nbchat/{__version__}",
+            max_frame_bytes=self.limits.max_frame_bytes,
+            default_model=self.default,
+            notice=self.notice,
+            image_models=tuple(self.image_models()),
+        )
+
     def apply_control(self, live: LiveSession, frame: ClientFrame) -> None:
         """Act on a client's start, stop, pause, resume or tool result."""
         if isinstance(frame, Start):
@@ -944,14 +958,19 @@ class GatewayConnection:
             if isinstance(decoded, ProtocolError):
                 raise decoded
             self._dispatch(decoded)
-        except ProtocolError as exc:
+        except Exception as exc:
+            self.refuse(message, exc)
+
+    def refuse(self, message: str | bytes, exc: Exception) -> None:
+        """Answer a frame that could not be acted on with the error that says why."""
+        if isinstance(exc, ProtocolError):
             # Naming the reply lets its client end it rather than wait (a start that
             # cannot be decoded would otherwise be resent on every resume).
             self.send(Error(code=exc.code, message=str(exc), reply=_reply_named_in(message)))
-        except SessionError as exc:
+        elif isinstance(exc, SessionError):
             self.send(Error(code="bad_request", message=str(exc)))
-        except Exception as exc:  # a bug here must not cost the connection or the loop
-            log.exception("failed to handle a frame")
+        else:  # a bug here must not cost the connection or the loop
+            log.exception("failed to handle a frame", exc_info=exc)
             self.send(
                 Error(
                     code="bad_request",
@@ -990,27 +1009,9 @@ class GatewayConnection:
             # one is told, so its client stops rather than waiting for events.
             live.connection.taken_over()
         self.live = live
-        self.send(
-            Welcome(
-                session=live.state.session_id,
-                last_seq=live.state.last_seq,
-                models=tuple(self.gateway.offered()),
-                resumed=resumed,
-                server=f"nbchat/{__version__}",
-                max_frame_bytes=self.gateway.limits.max_frame_bytes,
-                default_model=self.gateway.default,
-                notice=self.gateway.notice,
-                image_models=tuple(self.gateway.image_models()),
-            )
-        )
+        self.send(self.gateway.welcome(live.state.session_id, live.state.last_seq, resumed))
         if replay is not None:
             if replay.gap:
-                self.send(
-                    Error(
-                        code="resume_gap",
-                        message="the session log no longer reaches back to your "
-                        "last_seq; the replies that changed are sent in full",
-                    )
-                )
+                self.send(RESUME_GAP)
             self._outbox.put_nowait(_Replay([*replay.events, *replay.snapshots]))
         live.connection = self

@@ -32,7 +32,6 @@ import logging
 import secrets
 from typing import TYPE_CHECKING, Final
 
-from .. import __version__
 from ..protocol import (
     ClientFrame,
     Delta,
@@ -43,15 +42,15 @@ from ..protocol import (
     Pong,
     ProtocolError,
     ServerFrame,
-    Welcome,
     decode_client,
     decode_server,
     encode,
 )
-from ..session import GatewaySession, SessionError
+from ..session import RESUME_GAP, GatewaySession, SessionError
 from .redis_store import (
     LogEntry,
     RedisStore,
+    Resumption,
     StoreBusy,
     StoreUnavailable,
     ctl_key,
@@ -190,9 +189,6 @@ class SharedSessions:
         message: str | bytes,
         decoded: ClientFrame | ProtocolError,
     ) -> None:
-        from .server import _reply_named_in
-
-        reply = _reply_named_in(message)
         try:
             if isinstance(decoded, ProtocolError):
                 raise decoded
@@ -205,22 +201,14 @@ class SharedSessions:
             else:
                 text = message if isinstance(message, str) else message.decode()
                 await self._control(connection, connection.live, decoded, text)
-        except ProtocolError as exc:
-            connection.send(Error(code=exc.code, message=str(exc), reply=reply))
-        except SessionError as exc:
-            connection.send(Error(code="bad_request", message=str(exc)))
         except StoreUnavailable as exc:
+            from .server import _reply_named_in
+
             self._store_down(exc)
             code = "busy" if isinstance(exc, StoreBusy) else "store_unavailable"
-            connection.send(Error(code=code, message=str(exc), reply=reply))
-        except Exception as exc:  # a bug here must not cost the connection or the loop
-            log.exception("failed to handle a frame")
-            connection.send(
-                Error(
-                    code="bad_request",
-                    message=f"the gateway could not handle this frame ({type(exc).__name__})",
-                )
-            )
+            connection.send(Error(code=code, message=str(exc), reply=_reply_named_in(message)))
+        except Exception as exc:
+            connection.refuse(message, exc)
 
     async def _hello(self, connection: GatewayConnection, frame: Hello) -> None:
         from .server import GatewayBusy
@@ -255,16 +243,11 @@ class SharedSessions:
                 session = secrets.token_urlsafe(16)
                 await store.create(session, connection.owner)
                 live = self._local(session, connection.owner)
-                last_seq, snapshots, resumed = 0, None, False
-                entries: list[LogEntry] = []
-                opened: set[str] = set()
+                read = Resumption(0, [], None, set())
             else:
                 session = frame.session or ""
-                after = frame.last_seq or 0
                 live = gateway.sessions.get(session) or self._local(session, connection.owner)
-                last_seq, entries, snapshots = await store.resume(session, after)
-                opened = await store.open_replies(session)
-                resumed = True
+                read = await store.resume(session, frame.last_seq or 0)
         except GatewayBusy as exc:
             connection.send(Error(code="busy", message=f"{exc}; try again later"))
             connection.close_after_queued(1013, "gateway busy")
@@ -279,46 +262,24 @@ class SharedSessions:
         if live.connection is not None and live.connection is not connection:
             live.connection.taken_over()
         connection.live = live
-        connection.send(
-            Welcome(
-                session=session,
-                last_seq=last_seq,
-                models=tuple(gateway.offered()),
-                resumed=resumed,
-                server=f"nbchat/{__version__}",
-                max_frame_bytes=gateway.limits.max_frame_bytes,
-                default_model=gateway.default,
-                notice=gateway.notice,
-                image_models=tuple(gateway.image_models()),
-            )
-        )
+        connection.send(gateway.welcome(session, read.last_seq, resumed=meta is not None))
         # The replies open when the log was read (their start may be before last_seq):
         # if their generator dies, this gateway ends them.
-        live.open_seen = {
-            reply
-            for reply in opened
-            if not any(e.reply == reply and e.kind == "done" for e in entries)
-        }
-        if snapshots is not None:
-            connection.send(
-                Error(
-                    code="resume_gap",
-                    message="the session log no longer reaches back to your last_seq; the "
-                    "replies that changed are sent in full",
-                )
-            )
-            for snapshot in snapshots:
+        live.open_seen = set(read.opened)
+        if read.snapshots is not None:
+            connection.send(RESUME_GAP)
+            for snapshot in read.snapshots:
                 connection.send(snapshot)
-            live.delivered = last_seq
+            live.delivered = read.last_seq
         else:
             live.delivered = frame.last_seq or 0
         live.connection = connection
         live.last_active = asyncio.get_running_loop().time()
-        await self._deliver(live, entries)
+        await self._deliver(live, read.entries)
         if live.owned:
             # This gateway generates the session's replies: catch up with what it
             # stored after the read above (its writer delivers from here on).
-            await self._deliver(live, await self._read_after(live))
+            await self._deliver(live, await self.store.read(session, live.delivered))
         await self._wake()
         if live.open_seen and not live.owned:
             await self._adopt_if_orphaned(live)
@@ -550,9 +511,6 @@ class SharedSessions:
 
     # --- reading the log -----------------------------------------------------------
 
-    async def _read_after(self, live: LiveSession) -> list[LogEntry]:
-        return await self.store.read(live.state.session_id, live.delivered)
-
     async def _deliver(self, live: LiveSession, entries: list[LogEntry]) -> None:
         """Send stored events on to the attached client, in seq order, each once."""
         connection = live.connection
@@ -560,7 +518,7 @@ class SharedSessions:
             return
         if entries[0].seq > live.delivered + 1:
             # Events stored before these were not delivered yet: from the store first.
-            missing = await self._read_after(live)
+            missing = await self.store.read(live.state.session_id, live.delivered)
             entries = missing + [e for e in entries if e.seq > (missing or entries)[-1].seq]
         for entry in entries:
             if entry.seq <= live.delivered or live.connection is not connection:
