@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from websockets.asyncio.client import ClientConnection, connect
 
 from nbchat import Chat
 from nbchat.gateway import EmbeddedGateway, Gateway
@@ -60,6 +61,24 @@ def balancer(pair: tuple[EmbeddedGateway, EmbeddedGateway]) -> Iterator[FaultyPr
 def uninterrupted(gateway: EmbeddedGateway, text: str) -> str:
     with Chat(url=gateway.url, token=TOKEN, tokens_per_s=0) as chat:
         return chat.send(text).wait(TIMEOUT).text
+
+
+async def say_hello(ws: ClientConnection, session: str | None, last_seq: int = 0) -> dict[str, Any]:
+    """Send a hello on a raw connection; the gateway's first answer."""
+    hello = {"type": "hello", "client": "test", "session": session, "last_seq": last_seq}
+    await ws.send(json.dumps(hello))
+    return json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))  # type: ignore[no-any-return]
+
+
+def answer_to_hello(url: str, token: str, session: str | None, last_seq: int = 0) -> dict[str, Any]:
+    """The first answer of the gateway at ``url`` to a hello for ``session``."""
+
+    async def run() -> dict[str, Any]:
+        headers = {"Authorization": f"Bearer {token}"}
+        async with connect(url, additional_headers=headers) as ws:
+            return await say_hello(ws, session, last_seq)
+
+    return asyncio.run(run())
 
 
 def move_to(proxy: FaultyProxy, gateway: EmbeddedGateway) -> None:
@@ -201,19 +220,10 @@ def test_another_token_cannot_resume_a_session_through_either_gateway(
             owner.send("mine").wait(TIMEOUT)
             session = owner._conversation._connection.session.session_id
 
-        async def resume_as(token: str, url: str) -> dict[str, object]:
-            from websockets.asyncio.client import connect
-
-            headers = {"Authorization": f"Bearer {token}"}
-            async with connect(url, additional_headers=headers) as ws:
-                hello = {"type": "hello", "client": "test", "session": session, "last_seq": 0}
-                await ws.send(json.dumps(hello))
-                return json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
-
-        refused = asyncio.run(resume_as("t2", b.url))
+        refused = answer_to_hello(b.url, "t2", session)
         assert refused["type"] == "error"
         assert refused["code"] == "unauthorized"
-        welcome = asyncio.run(resume_as("t1", b.url))
+        welcome = answer_to_hello(b.url, "t1", session)
         assert welcome["type"] == "welcome"
         assert welcome["resumed"] is True
     finally:
@@ -295,17 +305,11 @@ def test_a_crafted_session_id_cannot_touch_the_store(
     # nbchat:{S}:text:x}:meta, which a hello for session "S}:text:x" would read as that
     # session's meta (WRONGTYPE); that used to read as "Redis down" and end every reply.
     a, _ = pair
-    headers = {"Authorization": f"Bearer {TOKEN}"}
-
-    async def hello(ws: Any, session: str | None = None) -> dict[str, Any]:
-        await ws.send(json.dumps({"type": "hello", "client": "t", "session": session}))
-        return json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))  # type: ignore[no-any-return]
 
     async def plant() -> str:
-        from websockets.asyncio.client import connect
-
+        headers = {"Authorization": f"Bearer {TOKEN}"}
         async with connect(a.url, additional_headers=headers) as ws:
-            session = str((await hello(ws))["session"])
+            session = str((await say_hello(ws, None))["session"])
             start = {
                 "type": "start",
                 "reply": "x}:meta",
@@ -318,17 +322,11 @@ def test_a_crafted_session_id_cannot_touch_the_store(
                 pass
             return session
 
-    async def probe(session: str) -> dict[str, Any]:
-        from websockets.asyncio.client import connect
-
-        async with connect(a.url, additional_headers=headers) as ws:
-            return await hello(ws, f"{session}}}:text:x")
-
     planted = asyncio.run(plant())
     with Chat(url=a.url, token=TOKEN, tokens_per_s=40) as chat:
         reply = chat.send("go on while someone probes " * 3)
         wait_until(lambda: len(reply.chunks) >= 3, "streaming")
-        welcome = asyncio.run(probe(planted))
+        welcome = answer_to_hello(a.url, TOKEN, f"{planted}}}:text:x")
         assert welcome["type"] == "welcome"
         assert welcome["resumed"] is False
         reply.wait(TIMEOUT)
@@ -367,15 +365,6 @@ def test_a_client_ahead_of_the_store_gets_a_new_session(
         chat.send("one").wait(TIMEOUT)
         session = chat._conversation.connection.session.session_id
 
-    async def resume() -> dict[str, object]:
-        from websockets.asyncio.client import connect
-
-        headers = {"Authorization": f"Bearer {TOKEN}"}
-        async with connect(b.url, additional_headers=headers) as ws:
-            hello = {"type": "hello", "client": "t", "session": session, "last_seq": 999}
-            await ws.send(json.dumps(hello))
-            return json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
-
-    welcome = asyncio.run(resume())
+    welcome = answer_to_hello(b.url, TOKEN, session, last_seq=999)
     assert welcome["type"] == "welcome"
     assert welcome["resumed"] is False
