@@ -2,10 +2,11 @@
 tests/fixtures/providers/ to the real SDKs, and misbehaves on request.
 
 The model named in a request picks the answer: a recording (see ``RECORDINGS``), a long
-stream for stop tests, or a failure (``FAILURES``). A tool-calling model (``TOOL_ROUNDS``)
-picks by round too: its tool calls, or, when the request ends with the results (a
-``role: tool`` message), its answer. Every request is kept, with its
-headers, so tests can check what the SDK sent.
+stream for stop tests, a failure (``FAILURES``), or a rate limit that lifts
+(``THROTTLED``: HTTP 429 with ``Retry-After`` the first times each prompt is asked). A
+tool-calling model (``TOOL_ROUNDS``) picks by round too: its tool calls, or, when the
+request ends with the results (a ``role: tool`` message), its answer. Every request is
+kept, with its headers, so tests can check what the SDK sent.
 """
 
 from __future__ import annotations
@@ -33,6 +34,12 @@ TOOL_ROUNDS: dict[str, tuple[str, str | None]] = {
     "gpt-tools-forever": ("openai_tool_call.sse", None),
     "claude-tools": ("anthropic_tool_use.sse", "anthropic_tool_answer.sse"),
     "claude-tools-forever": ("anthropic_tool_use.sse", None),
+}
+# model -> (recording, how many requests of each prompt get HTTP 429 before it streams).
+# The prompt is the last message's content; Retry-After is Replay.retry_after.
+THROTTLED: dict[str, tuple[str, int]] = {
+    "gpt-429": ("openai_chat.sse", 1),
+    "gpt-429-twice": ("openai_chat.sse", 2),
 }
 
 
@@ -88,9 +95,13 @@ class Replay:
     disconnected_at: list[float] = field(default_factory=list)  # client went away mid-stream
     listed: list[str] | None = None  # the ids GET /models lists (default: the recordings)
     key: str | None = None  # when set, a request with another key gets 401, as OpenAI's
+    retry_after: str = "1"  # the Retry-After of THROTTLED models' 429s
+    # THROTTLED models: by prompt, when each request of it came (time.monotonic()).
+    throttled: dict[str, list[float]] = field(default_factory=dict)
 
     def start(self) -> Replay:
         replay = self
+        self._lock = threading.Lock()  # handlers run on threads of their own
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
@@ -166,7 +177,21 @@ class Replay:
             payload = _error_body(message.format(key=key, model=model), "invalid_request_error")
             _send_error(handler, status, payload, headers)
             return
-        if model == "silent":
+        if model in THROTTLED:
+            recording, refusals = THROTTLED[model]
+            messages = body.get("messages") or [{}]
+            prompt = str(messages[-1].get("content"))
+            with self._lock:
+                seen = self.throttled.setdefault(prompt, [])
+                seen.append(time.monotonic())
+                refuse = len(seen) <= refusals
+            if refuse:
+                payload = _error_body("Rate limit reached for requests", "rate_limit_error")
+                _send_error(handler, 429, payload, {"Retry-After": self.retry_after})
+                return
+            text = (FIXTURES / recording).read_text()
+            self._stream(handler, [e + "\n\n" for e in text.split("\n\n") if e.strip()])
+        elif model == "silent":
             self._stream(handler, [], hold_s=30)
         elif model == "malformed":
             self._stream(handler, ['data: {"id":"x","object":"chat.completion.chunk","choi\n\n'])

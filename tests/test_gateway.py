@@ -14,6 +14,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
 from nbchat.gateway import Gateway
+from nbchat.gateway.limits import GatewayLimits
 
 from timeouts import TIMEOUT
 
@@ -164,5 +165,24 @@ async def test_a_token_gateway_refuses_without_it() -> None:
         ) as ws:
             await ws.send('{"type": "hello", "client": "t"}')
             assert (await recv(ws))["type"] == "welcome"
+    finally:
+        await gateway.close()
+
+
+async def test_the_welcome_says_how_many_replies_a_session_runs_at_once() -> None:
+    gateway = Gateway(limits=GatewayLimits(replies_per_session=2))
+    await gateway.start("127.0.0.1", 0)
+    try:
+        async with connect(gateway.url(), proxy=None) as ws:
+            await ws.send('{"type": "hello", "client": "t"}')
+            welcome = await recv(ws)
+            assert welcome["replies_per_session"] == 2
+            for reply in ("r-1", "r-2", "r-3"):  # a third at once is refused, as it says
+                messages = [{"role": "user", "content": "hi"}]
+                start = {"type": "start", "reply": reply, "model": "demo", "messages": messages}
+                await ws.send(json.dumps({**start, "params": {"tokens_per_s": 5}}))
+            while (frame := await recv(ws)).get("reply") != "r-3" or frame["type"] != "error":
+                assert frame["type"] != "done"
+            assert (frame["type"], frame["code"]) == ("error", "busy")
     finally:
         await gateway.close()

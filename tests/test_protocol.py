@@ -12,11 +12,13 @@ from nbchat import protocol
 from nbchat.protocol import (
     ChatMessage,
     Done,
+    Error,
     Ping,
     Pong,
     ProtocolError,
     Start,
     Stop,
+    Welcome,
     decode,
     decode_client,
     decode_server,
@@ -186,3 +188,61 @@ def test_valid_unicode_replaces_only_lone_surrogates() -> None:
     assert protocol.valid_unicode("caf\udce9 \ud83d\ude00") == "caf\ufffd \U0001f600"
     plain = "nothing to replace"
     assert protocol.valid_unicode(plain) is plain
+
+
+def test_an_error_may_say_when_to_retry_and_older_peers_need_not() -> None:
+    text = (
+        '{"type":"error","code":"rate_limited","message":"retry after 2 s","reply":"r",'
+        '"seq":4,"retry_after":2}'
+    )
+    frame = decode_server(text)
+    assert frame == Error(
+        code="rate_limited", message="retry after 2 s", reply="r", seq=4, retry_after=2.0
+    )
+    assert json.loads(encode(frame))["retry_after"] == 2.0
+    # Absent (an older gateway), it is None; None is not sent (an older client).
+    old = decode_server('{"type":"error","code":"busy","message":"wait"}')
+    assert isinstance(old, Error)
+    assert old.retry_after is None
+    assert "retry_after" not in encode(old)
+    assert decode_server(encode(Error(code="x", message="m", retry_after=0.25))) == Error(
+        code="x", message="m", retry_after=0.25
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("-1", r"error\.retry_after must be 0 or more"),
+        ('"soon"', r"error\.retry_after must be a number"),
+        ("true", r"error\.retry_after must be a number"),
+    ],
+)
+def test_a_bad_retry_after_is_refused(value: str, problem: str) -> None:
+    with pytest.raises(ProtocolError, match=problem) as info:
+        decode_server(
+            f'{{"type":"error","code":"rate_limited","message":"m","retry_after":{value}}}'
+        )
+    assert info.value.field == "retry_after"
+
+
+def test_a_negative_retry_after_is_never_sent() -> None:
+    with pytest.raises(ProtocolError, match=r"error\.retry_after must be 0 or more"):
+        encode(Error(code="rate_limited", message="m", retry_after=-0.5))
+    with pytest.raises(ProtocolError, match="NaN"):
+        encode(Error(code="rate_limited", message="m", retry_after=float("nan")))
+
+
+def test_a_welcome_may_say_its_replies_per_session_and_an_older_one_need_not() -> None:
+    old = decode_server(
+        '{"type":"welcome","session":"s","last_seq":0,"models":[],"resumed":false,"server":"x"}'
+    )
+    assert isinstance(old, Welcome)
+    assert old.replies_per_session is None
+    assert "replies_per_session" not in encode(old)
+    new = Welcome(
+        session="s", last_seq=0, models=(), resumed=False, server="x", replies_per_session=2
+    )
+    assert decode_server(encode(new)) == new
+    with pytest.raises(ProtocolError, match="replies_per_session must be a non-negative integer"):
+        decode_server(encode(new).replace('"replies_per_session":2', '"replies_per_session":-2'))

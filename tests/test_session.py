@@ -22,6 +22,7 @@ from nbchat.session import (
     ClientSession,
     GatewaySession,
     LogLimits,
+    ReplyEnd,
     ReplyState,
     SessionError,
 )
@@ -342,3 +343,77 @@ def test_a_restored_session_knows_open_replies_whose_start_was_trimmed() -> None
     assert session.unfinished() == ["r-old"]
     ended = session.finish("r-old", "error", error=Error(code="gateway_lost", message="gone"))
     assert [(e.type, e.seq) for e in ended] == [("error", 41), ("done", 42)]  # type: ignore[union-attr]
+
+
+def welcome(session: str, resumed: bool) -> Welcome:
+    return Welcome(session=session, last_seq=0, models=("demo",), resumed=resumed, server="t")
+
+
+def took(client: ClientSession, frame: ServerFrame) -> list[ReplyEnd]:
+    """What ``frame`` ends, once the client took it."""
+    client.receive(frame)
+    return client.ended(frame)
+
+
+def test_a_reply_ends_on_its_done_with_the_error_its_view_assembled() -> None:
+    c = ClientSession()
+    c.receive(welcome("s", resumed=False))
+    c.open("a")
+    assert took(c, Started(seq=1, reply="a", model="demo")) == []
+    assert took(c, Delta(seq=2, reply="a", text="x")) == []
+    limited = Error(code="rate_limited", message="slow down", reply="a", seq=3, retry_after=2.0)
+    assert took(c, limited) == []
+    assert c.replies["a"].retry_after == 2.0
+    assert took(c, Done(seq=4, reply="a", finish="error")) == [
+        ReplyEnd("a", "error", "slow down", "rate_limited")
+    ]
+    c.open("b")
+    assert took(c, Snapshot(reply="b", text="y", paused=False, finish=None)) == []
+    assert took(c, Snapshot(reply="b", text="yz", paused=False, finish="stop")) == [
+        ReplyEnd("b", "stop")
+    ]
+
+
+def test_an_unsequenced_error_ends_only_a_reply_whose_start_it_refused() -> None:
+    c = ClientSession()
+    c.receive(welcome("s", resumed=False))
+    c.open("refused")
+    assert took(c, Error(code="bad_request", message="no", reply="refused")) == [
+        ReplyEnd("refused", "error", "no", "bad_request")
+    ]
+    c.open("running")
+    c.receive(Started(seq=1, reply="running", model="demo"))
+    # A refused pause (or stop) of a reply that runs: it goes on.
+    assert took(c, Error(code="bad_request", message="no pause", reply="running")) == []
+    assert took(c, Error(code="busy", message="session-level")) == []
+
+
+def test_the_store_going_away_ends_the_reply_it_names_or_every_reply() -> None:
+    c = ClientSession()
+    c.receive(welcome("s", resumed=False))
+    for reply in ("a", "b", "c"):
+        c.open(reply)
+    c.receive(Started(seq=1, reply="a", model="demo"))
+    c.receive(Started(seq=2, reply="b", model="demo"))
+    down = "the session store is unreachable"
+    assert took(c, Error(code="store_unavailable", message=down, reply="a")) == [
+        ReplyEnd("a", "error", down, "store_unavailable")
+    ]
+    c.forget("a")
+    assert took(c, Error(code="store_unavailable", message=down)) == [
+        ReplyEnd("b", "error", down, "store_unavailable"),
+        ReplyEnd("c", "error", down, "store_unavailable"),  # started or not
+    ]
+
+
+def test_a_new_session_ends_the_replies_begun_in_the_old_one_only() -> None:
+    c = ClientSession()
+    c.receive(welcome("s", resumed=False))
+    c.open("begun")
+    c.open("unanswered")
+    c.receive(Started(seq=1, reply="begun", model="demo"))
+    assert took(c, welcome("s", resumed=True)) == []
+    # The start never answered is sent again in the new session: it goes on.
+    assert c.ended(welcome("s2", resumed=False), lost="gone") == [
+        ReplyEnd("begun", "error", "gone", "session_lost")
+    ]

@@ -24,6 +24,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from nbchat import Chat
 from nbchat.gateway import EmbeddedGateway, Gateway
 from nbchat.gateway.config import load_models
+from nbchat.gateway.limits import GatewayLimits
 from nbchat.gateway.redis_store import LogEntry, RedisStore
 from nbchat.session import LogLimits
 
@@ -183,6 +184,15 @@ def test_a_frozen_gateway_s_reply_ends_with_gateway_lost_through_the_other(
     # Thaw A so that the fixture can close it as usual.
     a._thread = threading.Thread(target=a._loop.run_forever, daemon=True)
     a._thread.start()
+
+
+def test_a_shared_gateway_welcome_says_its_replies_per_session(redis: RedisServer) -> None:
+    gateway = shared_gateway(redis, limits=GatewayLimits(replies_per_session=3))
+    try:
+        welcome = answer_to_hello(gateway.url, TOKEN, None)
+    finally:
+        gateway.close()
+    assert (welcome["type"], welcome["replies_per_session"]) == ("welcome", 3)
 
 
 def test_redis_stopped_and_restarted_mid_reply(

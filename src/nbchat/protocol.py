@@ -225,7 +225,9 @@ class Welcome:
     refuse an oversize request itself instead of having the link closed (1009).
     ``default_model`` is the model a client uses unless told otherwise (absent: the
     first of ``models``); ``notice`` is a start-up problem the user should hear of
-    (a model server that is unreachable, or refused the key)."""
+    (a model server that is unreachable, or refused the key). ``replies_per_session``
+    is how many replies the session runs at once (one more is refused as ``busy``);
+    absent from an older gateway, whose limit was 4."""
 
     type: ClassVar[str] = "welcome"
     session: str
@@ -237,6 +239,7 @@ class Welcome:
     default_model: str | None = None
     notice: str | None = None
     image_models: tuple[str, ...] | None = None  # the models that take images
+    replies_per_session: int | None = None
 
 
 @dataclass(frozen=True)
@@ -302,11 +305,16 @@ class Done:
 
 @dataclass(frozen=True)
 class Error:
+    """A failure or a refusal. ``retry_after`` (seconds, 0 or more) is set when the
+    provider said when to try again (HTTP 429 with ``Retry-After``): a client may send
+    the request again after that long. Absent otherwise; older peers ignore it."""
+
     type: ClassVar[str] = "error"
     code: str
     message: str
     reply: str | None = None
     seq: int | None = None
+    retry_after: float | None = None
 
 
 @dataclass(frozen=True)
@@ -351,6 +359,8 @@ SERVER_TYPES: Final[dict[str, type[Any]]] = {
     for cls in (Welcome, Started, Delta, Paused, Resumed, Done, Error, Snapshot, Pong, ToolCall)
 }
 
+# Number fields that cannot be negative (a duration).
+_NON_NEGATIVE: Final = frozenset({"retry_after"})
 # Literal-typed fields whose values are checked against these choices.
 _CHOICES: Final[dict[str, tuple[str, ...]]] = {"role": ROLES, "finish": FINISH_REASONS}
 
@@ -384,6 +394,8 @@ def encode(frame: Frame) -> str:
         where = f"{frame.type}.{f.name}"
         if f.name in _NAMES and isinstance(value, str):
             _check_name(value, where)
+        elif f.name in _NON_NEGATIVE and isinstance(value, (int, float)) and value < 0:
+            raise ProtocolError(f"{where} must be 0 or more (seconds)", field=f.name)
         elif isinstance(value, dict):
             _check_json(value, where, strings=False)  # the whole text is checked below
         elif isinstance(value, tuple):
@@ -655,6 +667,8 @@ def _check(value: Any, hint: Any, where: str, name: str) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ProtocolError(f"{where} must be a number", field=name)
+        if name in _NON_NEGATIVE and value < 0:
+            raise ProtocolError(f"{where} must be 0 or more (seconds)", field=name)
         return float(value)
     if hint is str:
         if not isinstance(value, str):

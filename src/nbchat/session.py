@@ -57,11 +57,13 @@ from .protocol import (
 
 __all__ = [
     "RESUME_GAP",
+    "SESSION_LOST",
     "TRANSITIONS",
     "ClientSession",
     "GatewaySession",
     "LogLimits",
     "Replay",
+    "ReplyEnd",
     "ReplyProgress",
     "ReplyState",
     "ReplyView",
@@ -474,9 +476,7 @@ class GatewaySession:
         progress.waiting.clear()
         progress.state = _STATE_BY_FINISH[finish]
         if error is not None:
-            progress.error = Error(
-                code=error.code, message=error.message, reply=reply, seq=self._next_seq()
-            )
+            progress.error = replace(error, reply=reply, seq=self._next_seq())
             events.append(self._emit(progress.error))
         progress.done = Done(
             seq=self._next_seq(), reply=reply, finish=finish, usage=usage, timing=timing or {}
@@ -525,6 +525,7 @@ class ReplyView:
     finish: FinishReason | None = None
     error: str | None = None
     error_code: str | None = None
+    retry_after: float | None = None  # with the error: when the provider said to retry
     usage: JSON | None = None
     timing: JSON = field(default_factory=dict)
 
@@ -533,10 +534,28 @@ class ReplyView:
         return "".join(self.parts)
 
 
+@dataclass(frozen=True)
+class ReplyEnd:
+    """A reply the client must take as ended, and how (see :meth:`ClientSession.ended`)."""
+
+    reply: str
+    finish: FinishReason
+    error: str | None = None
+    error_code: str | None = None
+
+
+# Why a reply begun in a session that a new-session welcome replaced ends.
+SESSION_LOST: Final = (
+    "the gateway no longer has this session (it restarted, or the session expired); the "
+    "reply ends here"
+)
+
+
 class ClientSession:
     """The client's view of a session: which seq it has applied, and each reply's text.
 
-    :meth:`receive` applies a frame at most once and reports whether it was new.
+    :meth:`receive` applies a frame at most once and reports whether it was new;
+    :meth:`ended` then says which replies it ended.
     """
 
     def __init__(self) -> None:
@@ -588,6 +607,51 @@ class ClientSession:
         """Drop what is kept of a reply its owner is done with (it has ended); later
         frames about it still pass the seq check and are reported as for any other."""
         self.replies.pop(reply, None)
+
+    def ended(self, frame: ServerFrame, *, lost: str = SESSION_LOST) -> list[ReplyEnd]:
+        """The replies this client opened (and has not forgotten) that ``frame`` ends,
+        and how. Call it after :meth:`receive` took the frame (or with a refusal the
+        connection made up itself); end each reply there, then :meth:`forget` it.
+
+        What ends a reply, and nothing else does:
+
+        - its ``done``, or a ``snapshot`` with its end: the finish and the error the
+          view assembled (the reply's sequenced error);
+        - an unsequenced ``error`` naming it before any event of it: the start itself
+          was refused (a refusal after that refuses a pause, resume or stop);
+        - an unsequenced ``store_unavailable``: the gateway's session store is away, so
+          nothing more can come of the reply it names, or of every reply if it names
+          none;
+        - a welcome to a new session (``resumed`` false): replies the old session had
+          begun are lost (``session_lost``, with the words ``lost``); a start it never
+          answered is sent again in the new one, and goes on.
+        """
+        if isinstance(frame, Welcome):
+            if frame.resumed:
+                return []
+            begun = [
+                reply
+                for reply, view in self.replies.items()
+                if view.state is not ReplyState.PENDING and not view.state.finished
+            ]
+            return [ReplyEnd(reply, "error", lost, "session_lost") for reply in begun]
+        if isinstance(frame, Error) and frame.seq is None:
+            store_down = frame.code == "store_unavailable"
+            named = [frame.reply] if frame.reply is not None else []
+            if store_down and frame.reply is None:
+                named = list(self.replies)
+            return [
+                ReplyEnd(reply, "error", frame.message, frame.code)
+                for reply in named
+                if (view := self.replies.get(reply)) is not None
+                and not view.state.finished
+                and (store_down or view.state is ReplyState.PENDING)
+            ]
+        if isinstance(frame, (Done, Snapshot)):
+            view = self.replies.get(frame.reply)
+            if view is not None and view.finish is not None and frame.finish is not None:
+                return [ReplyEnd(frame.reply, view.finish, view.error, view.error_code)]
+        return []
 
     def open(self, reply: str) -> ReplyView:
         """Register a reply the client is about to ``start``."""
@@ -660,6 +724,7 @@ class ClientSession:
             # bad request about the reply (e.g. pause after it ended) and changes nothing.
             if frame.seq is not None:
                 view.error, view.error_code = frame.message, frame.code
+                view.retry_after = frame.retry_after
         elif isinstance(frame, Done):
             view.finish = frame.finish
             view.usage = frame.usage

@@ -632,7 +632,11 @@ class Gateway:
                     live.state.finish(reply, "error", timing=elapsed(), error=shutdown_error())
                 )
         except ProviderError as exc:
-            error = Error(code=exc.code, message=valid_unicode(exc.message))
+            error = Error(
+                code=exc.code,
+                message=valid_unicode(exc.message),
+                retry_after=exc.retry_after,  # when the provider said to try again
+            )
             live.emit(live.state.finish(reply, "error", timing=elapsed(), error=error))
         except Exception as exc:  # a provider bug must not take the gateway down
             log.exception("provider failed on reply %r", reply)
@@ -749,6 +753,7 @@ class Gateway:
             default_model=self.default,
             notice=self.notice,
             image_models=tuple(self.image_models()),
+            replies_per_session=self.limits.replies_per_session,
         )
 
     def apply_control(self, live: LiveSession, frame: ClientFrame) -> None:

@@ -12,8 +12,11 @@ raised as :class:`ProviderError` with a protocol code.
 from __future__ import annotations
 
 import asyncio
+import email.utils
+import math
 import random
 import socket
+import time
 from collections.abc import (
     AsyncIterator,
     Awaitable,
@@ -47,6 +50,7 @@ __all__ = [
     "grouped_tool_runs",
     "open_with_retries",
     "redact",
+    "retry_after_s",
     "sdk_error",
     "status_error",
 ]
@@ -102,13 +106,56 @@ class Finish:
 class ProviderError(Exception):
     """A failure the user should see: ``code`` is a protocol error code
     (``upstream_error``, ``rate_limited``, ``unauthorized``, ...). ``reason``, when
-    known, says it in a few words ("connection refused", "HTTP 401")."""
+    known, says it in a few words ("connection refused", "HTTP 401"). ``retry_after``
+    is how many seconds the provider asked to wait before trying again (its HTTP 429's
+    ``Retry-After``), when it said; the gateway passes it on in the ``error`` frame."""
 
-    def __init__(self, code: str, message: str, *, reason: str | None = None) -> None:
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        reason: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.reason = reason
+        self.retry_after = retry_after
+
+
+def retry_after_s(headers: Mapping[str, str], *, now: float | None = None) -> float | None:
+    """Seconds a response's headers ask to wait before a retry, or None when they do
+    not say: ``retry-after-ms`` (OpenAI's), else ``Retry-After`` as seconds or as an
+    HTTP date. A date in the past is 0; anything unreadable is None."""
+    millis = _number(headers.get("retry-after-ms"))
+    if millis is not None:
+        return millis / 1000
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    seconds = _number(value)
+    if seconds is not None:
+        return seconds
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def _number(value: str | None) -> float | None:
+    """A finite number of 0 or more written in ``value``, else None."""
+    if value is None:
+        return None
+    try:
+        number = float(value.strip())
+    except ValueError:
+        return None
+    return number if math.isfinite(number) and number >= 0 else None
 
 
 @runtime_checkable
@@ -149,9 +196,13 @@ def status_error(
             "unknown_model", f"{label} does not know this model (HTTP 404){detail}"
         )
     elif status == 429:
-        after = headers.get("retry-after")
-        wait = f"; retry after {after} s" if after else ""
-        error = ProviderError("rate_limited", f"{label} is rate limiting (HTTP 429){wait}{detail}")
+        after = retry_after_s(headers)
+        wait = f"; retry after {after:g} s" if after is not None else ""
+        error = ProviderError(
+            "rate_limited",
+            f"{label} is rate limiting (HTTP 429){wait}{detail}",
+            retry_after=after,
+        )
     elif status in (400, 422):
         error = ProviderError(
             "bad_request", f"{label} rejected the request (HTTP {status}){detail}"
