@@ -2,7 +2,8 @@
 
 Real files in a temporary NBCHAT_HOME per test, and real processes for two kernels on
 one name and for a kernel killed mid-reply. Each case the reverted first version
-(29a54b8) got wrong has a test here that fails on it: two writers keep every message;
+(29a54b8) got wrong has a test here that fails on it: two writers keep every message
+(each kernel's turns a branch of their own, after the replies that kernel saw);
 a delete while a chat is open never leaves only the later turns; a crash mid-reply
 keeps the partial text; clear() empties the stored conversation; a bad file is a clear
 error naming it.
@@ -38,6 +39,7 @@ from nbchat.gateway import EmbeddedGateway
 from nbchat.gateway.providers.base import Request
 from nbchat.gateway.providers.demo import demo_reply
 from nbchat.protocol import ChatMessage
+from nbchat.transcript import Transcript
 
 from timeouts import TIMEOUT, wait_until
 
@@ -68,14 +70,19 @@ def expected(*history: str) -> str:
     return demo_reply(Request(messages=messages, model="demo"))
 
 
-def stored(name: str) -> list[dict[str, Any]]:
-    """The messages kept under ``name``, read afresh from the file ([] if none)."""
+def loaded(name: str) -> Transcript:
+    """The conversation kept under ``name``, read afresh from the file (empty if none)."""
     store = ConversationStore()
     try:
         conversation = store.load(name)
     finally:
         store.close()
-    return [] if conversation is None else conversation.transcript.to_records()
+    return Transcript() if conversation is None else conversation.transcript
+
+
+def stored(name: str) -> list[dict[str, Any]]:
+    """The messages of the active branch kept under ``name``, read afresh ([] if none)."""
+    return loaded(name).to_records()
 
 
 def run(script: str, *argv: str) -> subprocess.Popen[str]:
@@ -216,19 +223,31 @@ def test_two_processes_writing_one_conversation_keep_every_message(
     db = sqlite3.connect(store_file)
     assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     db.close()
-    messages = stored("shared")
+    transcript = loaded("shared")
     # Each kernel's transcript held 10 messages, 2 of them shared: every one is kept.
-    assert len(messages) == 2 + 2 * 8
-    users = [m["content"] for m in messages if m["role"] == "user"]
-    assert users[0] == "seed question"
+    assert len(transcript.tree()) == 2 + 2 * 8
+    # Each kernel's turns follow the replies it saw: a branch each, from the seed's
+    # reply. The demo's reply is a function of the history it was sent, so each reply
+    # matching its branch proves the branch is what that kernel sent.
+    branches = transcript.branches()
+    assert [b.turns for b in branches] == [5, 5]
+    lines = {}
+    for branch in branches:
+        path = transcript.path_to(transcript.node(branch.leaf))
+        history = [m.content for m in path]
+        lines[history[2][0]] = history
+        assert history[0] == "seed question"
+        for n in range(1, len(history), 2):
+            assert history[n] == expected(*history[:n])
+        assert [m.turn for m in path[::2]] == [1, 2, 3, 4, 5]  # numbered along the branch
+        assert {m.finish for m in path[1::2]} == {"stop"}
     for tag in "ab":
-        assert [u for u in users if u.startswith(tag)] == [f"{tag} question {i}" for i in range(4)]
-    for user, reply in zip(messages[::2], messages[1::2], strict=True):
-        assert user["role"] == "user"
-        assert reply["role"] == "assistant"
-        assert reply["finish"] == "stop"
-        assert f"\u201c{user['content']}\u201d" in reply["content"]
-    assert [m["turn"] for m in messages[::2]] == list(range(1, 10))  # numbered afresh
+        assert lines[tag][2::2] == [f"{tag} question {i}" for i in range(4)]
+    # The active branch is the one whose end was written last.
+    db = sqlite3.connect(store_file)
+    written = dict(db.execute("SELECT id, updated_at FROM messages").fetchall())
+    db.close()
+    assert written[transcript.messages[-1].id] == max(written[b.leaf] for b in branches)
 
 
 LAST_WRITER = """

@@ -20,7 +20,7 @@ import pytest
 
 from nbchat import Chat
 from nbchat.backoff import Backoff
-from nbchat.client import ClientConnection, LinkState, gateway_urls
+from nbchat.client import ClientConnection, LinkState, gateway_urls, on_loopback
 from nbchat.gateway import EmbeddedGateway, Gateway
 from nbchat.protocol import ServerFrame
 from test_chat import expected
@@ -280,3 +280,18 @@ def test_one_url_or_several() -> None:
         "ws://a:1/v1/chat",
         "wss://b:2/v1/chat",
     )
+
+
+@pytest.mark.parametrize(
+    ("url", "loopback"),
+    [
+        ("ws://127.0.0.1:8765/v1/chat", True),
+        ("ws://127.5.0.1:8765/v1/chat", True),
+        ("ws://[::1]:8765/v1/chat", True),
+        ("ws://localhost:8765/v1/chat", True),
+        ("wss://gw.example.org/v1/chat", False),
+        ("ws://10.0.0.5:8765/v1/chat", False),
+    ],
+)
+def test_loopback_gateway_urls_are_told_apart(url: str, loopback: bool) -> None:
+    assert on_loopback(url) is loopback

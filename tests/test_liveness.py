@@ -20,8 +20,10 @@ import pytest
 from nbchat import Chat
 from nbchat.backoff import Backoff
 from nbchat.client import detection_bound_s
+from nbchat.conversation import Conversation, ConversationListener
 from nbchat.gateway import EmbeddedGateway, Gateway
 from nbchat.gateway.limits import GatewayLimits
+from nbchat.reply import Reply
 
 from faults import FaultyProxy
 from timeouts import TIMEOUT, wait_until
@@ -458,3 +460,30 @@ def test_sigterm_lets_the_reply_finish_and_a_second_signal_ends_it_as_an_error()
     finally:
         server.kill()
         server.wait(TIMEOUT)
+
+
+def test_a_view_hook_that_raises_does_not_hang_the_chat(
+    embedded: EmbeddedGateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A view's bug (a hook raising on the worker or the frame handler) once ended
+    # that task: this reply, and every one after it, never ended.
+    class Broken(ConversationListener):
+        def on_reply_start(self, reply: Reply) -> None:
+            raise RuntimeError("view bug at start")
+
+        def on_chunk(self, reply: Reply, text: str) -> None:
+            raise RuntimeError("view bug in a chunk")
+
+        def on_reply_status(self, reply: Reply) -> None:
+            raise RuntimeError("view bug at the end")
+
+    conversation = Conversation(embedded.url, token=embedded.token, listener=Broken())
+    try:
+        first = conversation.send("hello", tokens_per_s=0).wait(TIMEOUT)
+        second = conversation.send("again", tokens_per_s=0).wait(TIMEOUT)
+        assert (first.finish, second.finish) == ("stop", "stop")
+        assert "again" in second.text
+    finally:
+        conversation.close()
+    assert "view bug at start" in caplog.text
+    assert "the chat goes on" in caplog.text

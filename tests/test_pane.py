@@ -20,6 +20,7 @@ def test_pane_commands_parse(message: dict[str, Any]) -> None:
     assert command.type == message["type"]
     assert command.text == message.get("text", "")
     assert (command.call, command.run) == (message.get("call", ""), message.get("run", False))
+    assert (command.id, command.sibling) == (message.get("id", ""), message.get("sibling"))
 
 
 @pytest.mark.parametrize("case", FIXTURE["bad_commands"], ids=lambda c: c["error"])

@@ -473,8 +473,9 @@ def test_tool_rows_round_trip_through_json_and_the_history() -> None:
     )
     # A saved file of version 1 without the tool fields still loads.
     data = transcript_to_json(t)
+    data["version"] = 1  # a line, without the tree's id, parent and branch
     for m in data["messages"]:
-        for name in ("tool_name", "tool_arguments", "tool_call"):
+        for name in ("tool_name", "tool_arguments", "tool_call", "id", "parent", "branch"):
             m.pop(name)
     data["messages"].pop(1)
     assert len(transcript_from_json(data).messages) == 2

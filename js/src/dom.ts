@@ -1,4 +1,8 @@
-// The two DOM helpers every part of the pane builds with.
+// The DOM helpers every part of the pane builds with.
+
+/** On a text box: keys typed there are the pane's, not JupyterLab's (its Shift+Enter
+ * would run the cell under the pane): Lumino skips shortcuts for such elements. */
+export const SUPPRESS_SHORTCUTS = "data-lm-suppress-shortcuts";
 
 export function element<K extends keyof HTMLElementTagNameMap>(
   tag: K,

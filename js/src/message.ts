@@ -1,12 +1,14 @@
 // One message of the conversation as the log shows it. Its DOM is built once and then
 // touched only where something it shows changed: its record (compared as JSON), its
-// state (the reply in flight, how a reply ended), a tool call's question, or, for the
-// reply in flight, the streamed text, which MarkdownStream renders block by block.
+// state (the reply in flight, how a reply ended), a tool call's question, whether it is
+// the last message (the last reply offers Retry), whether it is being edited, or, for
+// the reply in flight, the streamed text, which MarkdownStream renders block by block.
 
+import { ACTION, actionButton, branchActions, messageEditor, siblingArrows, type MessageEditor } from "./branches";
 import { button, element } from "./dom";
 import { MarkdownStream } from "./incremental";
 import { renderMarkdown } from "./markdown";
-import type { ActiveReply, Attachment, MessageRecord, ReplyStatus } from "./model";
+import type { ActiveReply, Attachment, BranchCommand, MessageRecord, ReplyStatus } from "./model";
 import type { LiveStream } from "./stream";
 
 /** The state a message shows: the live status if it is the reply in flight. */
@@ -165,6 +167,9 @@ export interface MessageContext {
   link: string;
   stream: LiveStream;
   answer: (call: string, run: boolean) => void;
+  /** Send a branch command (Retry, Edit, the arrows) unless a reply is in flight (the
+   * kernel refuses them then); says whether it was sent. */
+  branch: (command: BranchCommand) => boolean;
 }
 
 const LIVE_STATES: ReadonlySet<string> = new Set(["streaming", "paused", "pending"]);
@@ -174,8 +179,12 @@ export class MessageView {
   record: MessageRecord;
   /** Whether this is a reply still arriving (its body follows the stream). */
   live = false;
+  /** Whether this is the transcript's last message. */
+  last: boolean;
   private json: string;
-  private look: string | null = null; // state, question, link: what the frame shows
+  private look: string | null = null; // state, question, link...: what the frame shows
+  private context: MessageContext; // the latest, for the buttons' handlers
+  private editor: MessageEditor | null = null; // while the user edits the message
   private readonly role = element("div", "nbchat-role");
   private readonly body = element("div", "nbchat-body");
   private readonly reasoning: HTMLDetailsElement | null = null;
@@ -183,8 +192,10 @@ export class MessageView {
   private stream: MarkdownStream | null = null;
   private shown: string | null = null; // the Markdown source the body shows
 
-  constructor(record: MessageRecord, context: MessageContext) {
+  constructor(record: MessageRecord, context: MessageContext, last = false) {
     this.record = record;
+    this.last = last;
+    this.context = context;
     this.json = JSON.stringify(record);
     this.el = element("div", `nbchat-msg nbchat-${record.role}`, { "data-role": record.role });
     if (record.role === "assistant") {
@@ -198,9 +209,11 @@ export class MessageView {
     this.render(context);
   }
 
-  /** Bring the DOM to `record` as `context` shows it. Nothing is touched when neither
-   * the record (compared as JSON) nor its state changed, but a live reply's text. */
-  update(record: MessageRecord, context: MessageContext): void {
+  /** Bring the DOM to `record` as `context` shows it, the last message if `last`.
+   * Nothing is touched when neither the record (compared as JSON) nor its state
+   * changed, but a live reply's text. */
+  update(record: MessageRecord, context: MessageContext, last = this.last): void {
+    this.last = last;
     if (record !== this.record) {
       this.record = record;
       const json = JSON.stringify(record);
@@ -217,13 +230,26 @@ export class MessageView {
     if (this.record.role === "assistant") this.renderReply(context);
   }
 
+  /** Give focus to this message's button for `action` (see branches.ACTION), or, if
+   * that one is disabled, to another of its arrows; says whether one took it. */
+  focusAction(action: string): boolean {
+    const buttons = Array.from(this.el.querySelectorAll<HTMLButtonElement>(`button[${ACTION}]`));
+    const same = buttons.find((node) => node.getAttribute(ACTION) === action && !node.disabled);
+    const arrow = buttons.find((node) => node.classList.contains("nbchat-sibling") && !node.disabled);
+    const target = same ?? (action === "prev" || action === "next" ? arrow : undefined);
+    target?.focus();
+    return target !== undefined && document.activeElement === target;
+  }
+
   private render(context: MessageContext): void {
+    this.context = context;
     const record = this.record;
     const state = messageStatus(record, context.active);
     const live = record.role === "assistant" && LIVE_STATES.has(state);
     const asking =
       record.role === "tool" && Boolean(record.tool_call && context.active.asking?.includes(record.tool_call));
-    const look = `${state}|${asking}|${live ? context.link : ""}`;
+    const retry = branchActions(record, { last: this.last, live }).retry;
+    const look = `${state}|${asking}|${live ? context.link : ""}|${retry}|${this.editor !== null}`;
     this.live = live;
     if (look !== this.look) {
       this.look = look;
@@ -232,10 +258,37 @@ export class MessageView {
     if (record.role === "assistant") this.renderReply(context);
   }
 
+  /** Turn the message into a box editing its text (a user message). */
+  private startEdit(): void {
+    const id = this.record.id;
+    if (this.editor !== null || !id) return;
+    this.editor = messageEditor(this.record.content, {
+      save: (text) => {
+        if (this.context.branch({ type: "edit", id, text })) this.stopEdit();
+      },
+      cancel: () => this.stopEdit(),
+    });
+    this.render(this.context);
+    const input = this.editor.input;
+    input.focus();
+    input.setSelectionRange(input.value.length, input.value.length);
+  }
+
+  /** Show the message as its record says again. After a Save, the kernel's new branch
+   * replaces it once it arrives. */
+  private stopEdit(): void {
+    this.editor = null;
+    this.render(this.context);
+    this.focusAction("edit");
+  }
+
   /** Everything but a reply's body and reasoning, which keep their nodes. */
   private frame(state: ReplyStatus | "", asking: boolean, context: MessageContext): void {
     const message = this.record;
     const item = this.el;
+    // Moving the edit box in the DOM takes its focus: the user is typing there.
+    const focused = document.activeElement;
+    const typing = focused instanceof HTMLElement && this.editor?.el.contains(focused) ? focused : null;
     item.dataset.status = state;
     if (message.reply_id) item.dataset.reply = message.reply_id;
     else delete item.dataset.reply;
@@ -257,7 +310,7 @@ export class MessageView {
       this.body.removeAttribute("aria-live");
       this.body.removeAttribute("aria-busy");
     }
-    parts.push(this.body);
+    parts.push(this.editor?.el ?? this.body);
     if (message.context?.length) {
       // A chip the reader opened stays open when its line changes (a picture's fate).
       const opened = Array.from(this.el.querySelectorAll<HTMLDetailsElement>("details.nbchat-chip"), (c) => c.open);
@@ -277,12 +330,26 @@ export class MessageView {
       : message.role === "tool"
         ? "" // its state is in its summary
         : metaLine(message, state);
+    // Under the message: its siblings' arrows, the meta line, Edit or Retry.
+    const foot: HTMLElement[] = [];
+    const actions = branchActions(message, { last: this.last, live: this.live });
+    if (actions.siblings && message.id) {
+      foot.push(siblingArrows(message.id, message.role, actions.siblings, (c) => this.context.branch(c)));
+    }
     if (meta || this.live) {
       const line = element("div", "nbchat-meta");
       line.textContent = meta;
-      parts.push(line);
+      foot.push(line);
+    }
+    if (actions.edit && this.editor === null) foot.push(actionButton("edit", () => this.startEdit()));
+    if (actions.retry) foot.push(actionButton("retry", () => this.context.branch({ type: "retry" })));
+    if (foot.length) {
+      const row = element("div", "nbchat-foot");
+      row.append(...foot);
+      parts.push(row);
     }
     item.replaceChildren(...parts);
+    typing?.focus();
   }
 
   /** A reply's reasoning and text: streamed through MarkdownStream while it arrives

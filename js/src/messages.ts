@@ -4,15 +4,19 @@
 // the DOM, between two spacers holding the heights of the rest (measured once a
 // message has been on screen, cached by key; estimated before).
 //
-// Keys: a reply is `reply:<reply_id>`, a tool call `tool:<reply_id>:<call id>`, any
-// other message `<role>:<turn>`; a key already taken gets `#2`, `#3`... Records carry
-// no id of their own; these are stable across the kernel's `transcript` messages,
-// which resend a turn's records from the first one that changed.
+// Keys: a message is `id:<id>`, by the id the kernel gives it. After a branch switch
+// the same turn can show another message, and so another key: that message is built,
+// the one it replaces goes, and the messages before it keep their DOM. Records from a
+// kernel without branches have no id; then a reply is `reply:<reply_id>`, a tool call
+// `tool:<reply_id>:<call id>`, any other message `<role>:<turn>`. A key already taken
+// gets `#2`, `#3`... All are stable across the kernel's `transcript` messages, which
+// resend a turn's records from the first one that changed.
 //
 // What the virtual list cannot do: find-in-page (Ctrl+F) and select-all see only the
 // messages in the DOM, so past the threshold they miss those scrolled far away.
 // `chat.to_markdown()` and `chat.to_dataframe()` have the whole conversation.
 
+import { ACTION } from "./branches";
 import { element } from "./dom";
 import { MessageView, type MessageContext } from "./message";
 import type { ActiveReply, MessageRecord } from "./model";
@@ -22,6 +26,7 @@ import { DEFAULT_VIEWPORT_PX, estimateHeight, HeightIndex, VIRTUAL_THRESHOLD } f
 
 /** A message's key before duplicates are told apart (see the module's comment). */
 export function messageKey(record: MessageRecord): string {
+  if (record.id) return `id:${record.id}`;
   if (record.role === "tool" && record.tool_call) return `tool:${record.reply_id ?? ""}:${record.tool_call}`;
   if (record.role === "assistant" && record.reply_id) return `reply:${record.reply_id}`;
   return `${record.role}:${record.turn}`;
@@ -78,6 +83,7 @@ export class MessageList {
 
   /** The transcript's records from `from` on changed (see TranscriptStore). */
   onTranscript(from: number): void {
+    const focus = this.focusedAction();
     const records = this.options.transcript.records;
     this.measure(); // heights by key, before positions shift
     const removed = new Map<string, MessageRecord>();
@@ -107,6 +113,7 @@ export class MessageList {
     }
     for (const key of removed.keys()) this.measured.delete(key);
     this.layout();
+    if (focus !== null) this.restoreFocus(focus);
   }
 
   /** The reply in flight (or its state) changed: only its messages, and those of the
@@ -146,6 +153,27 @@ export class MessageList {
   jumpToLatest(): void {
     this.options.scroll.jump();
     this.layout();
+  }
+
+  /** The action button with the focus (see branches.ACTION) and its message's index. */
+  private focusedAction(): { index: number; action: string } | null {
+    const focused = document.activeElement;
+    const action = focused?.getAttribute(ACTION);
+    if (!focused || !action || !this.log.contains(focused)) return null;
+    for (let i = this.start; i < Math.min(this.end, this.entries.length); i++) {
+      if (this.views.get((this.entries[i] as Entry).key)?.el.contains(focused)) return { index: i, action };
+    }
+    return null;
+  }
+
+  /** A branch switch replaced the message whose button had the focus: the message in
+   * its place takes it (the same button, or its other arrow), else the log does, so a
+   * keyboard user stays where they were. */
+  private restoreFocus({ index, action }: { index: number; action: string }): void {
+    if (this.log.contains(document.activeElement)) return;
+    const entry = this.entries[index];
+    const view = entry && this.views.get(entry.key);
+    if (!view?.focusAction(action)) this.log.focus({ preventScroll: true });
   }
 
   dispose(): void {
@@ -231,14 +259,16 @@ export class MessageList {
     }
     const context = this.options.context();
     let cursor = this.top.nextSibling;
+    const lastIndex = this.entries.length - 1;
     for (let i = start; i < end; i++) {
       const { key, record } = this.entries[i] as Entry;
+      const last = i === lastIndex;
       let view = this.views.get(key);
       if (view === undefined) {
-        view = new MessageView(record, context);
+        view = new MessageView(record, context, last);
         this.views.set(key, view);
-      } else if (view.record !== record) {
-        view.update(record, context);
+      } else if (view.record !== record || view.last !== last) {
+        view.update(record, context, last);
       }
       if (view.el === cursor) cursor = cursor.nextSibling;
       else this.log.insertBefore(view.el, cursor);

@@ -39,6 +39,17 @@ export interface MessageRecord {
   tool_name?: string | null;
   tool_arguments?: Record<string, unknown> | null;
   tool_call?: string | null;
+  /** Where the message sits in the tree of branches (optional: records from a kernel
+   * without branches lack them, and then the pane offers no Retry, Edit or arrows).
+   * `id` is the message's own, stable across branches; its siblings are the other
+   * answers to (or versions of) the same message: `sibling_index` (1-based) of
+   * `sibling_count` (1 when it has none). */
+  id?: string;
+  parent?: string | null;
+  branch?: number;
+  sibling_index?: number;
+  sibling_count?: number;
+  cost?: number | null;
 }
 
 export interface ActiveReply {
@@ -86,7 +97,17 @@ export interface TranscriptMessage {
 export type PaneCommand =
   | { type: "send"; text: string }
   | { type: "stop" | "pause" | "resume" | "clear" | "sync" | "reconnect" }
-  | { type: "tool_answer"; call: string; run: boolean };
+  | { type: "tool_answer"; call: string; run: boolean }
+  | BranchCommand;
+
+/** pane -> kernel: the commands that change branch; the kernel refuses them while a
+ * reply is in flight. `retry` asks again for the last reply; `edit` sends a new version
+ * of user message `id`; `checkout` shows the branch through message `id`, or, with
+ * `sibling`, through the sibling at that 1-based index among `id`'s siblings. */
+export type BranchCommand =
+  | { type: "retry" }
+  | { type: "edit"; id: string; text: string }
+  | { type: "checkout"; id: string; sibling?: number };
 
 export function isKernelMessage(value: unknown): value is KernelMessage {
   if (typeof value !== "object" || value === null) return false;

@@ -1,12 +1,13 @@
-// One view of the chat: header (link status, model picker, Clear), the conversation,
-// and the composer (input, Send, Pause/Resume, Stop). Link state and the reply in
-// flight come from the model's traits; the transcript from the shared TranscriptStore;
-// the in-flight reply's text from the shared StreamText. The conversation itself, a
-// keyed and (when long) virtual list of messages, is messages.ts's.
+// One view of the chat: header (link status, model picker, Clear), the conversation
+// (with its branch actions: Retry, Edit, the siblings' arrows), and the composer
+// (input, Send, Pause/Resume, Stop). Link state and the reply in flight come from the
+// model's traits; the transcript from the shared TranscriptStore; the in-flight reply's
+// text from the shared StreamText. The conversation itself, a keyed and (when long)
+// virtual list of messages, is messages.ts's.
 
 import type { AnyModel } from "@anywidget/types";
 
-import { button, element } from "./dom";
+import { button, element, SUPPRESS_SHORTCUTS } from "./dom";
 import { MessageList } from "./messages";
 import type { ChatModel, PaneCommand } from "./model";
 import { AutoScroll } from "./scroll";
@@ -46,10 +47,6 @@ export function isSaveShortcut(event: KeyboardEvent): boolean {
   if (event.altKey || event.shiftKey || !(event.ctrlKey || event.metaKey)) return false;
   return event.code === "KeyS" || event.key.toLowerCase() === "s";
 }
-
-// Keys typed in the input box are the pane's, not JupyterLab's (its Shift+Enter would
-// run the cell under the pane): Lumino skips shortcuts for elements with this attribute.
-const SUPPRESS_SHORTCUTS = "data-lm-suppress-shortcuts";
 
 export function renderChat(
   model: AnyModel<ChatModel>,
@@ -115,6 +112,12 @@ export function renderChat(
       link: model.get("status"),
       stream,
       answer: (call, run) => command({ type: "tool_answer", call, run }),
+      branch: (message) => {
+        if (model.get("active").reply) return false; // the kernel would refuse it
+        command(message);
+        if (message.type !== "checkout") scroll.jump(); // a new reply streams at the end
+        return true;
+      },
     }),
     emptyHint,
     moved: () => (jump.hidden = !scroll.showJump(log)),
@@ -123,6 +126,8 @@ export function renderChat(
   const renderControls = () => {
     const active = model.get("active");
     const running = Boolean(active.reply);
+    // No branch actions while a reply is in flight (widget.css hides them).
+    if (root.hasAttribute("data-busy") !== running) root.toggleAttribute("data-busy", running);
     stop.disabled = !running;
     pause.disabled = !running;
     const paused = active.status === "paused";
@@ -165,13 +170,15 @@ export function renderChat(
     scroll.jump();
   };
 
-  // Save is JupyterLab's, from the input box too: the attribute is lifted for this one
+  // Save is JupyterLab's, from the text boxes too: the attribute is lifted for this one
   // key press. A capture listener on window runs before JupyterLab's on document
   // (capture phase in Notebook 7, bubbling in Lab).
   const letSaveThrough = (event: KeyboardEvent) => {
-    if (event.target !== input || !isSaveShortcut(event)) return;
-    input.removeAttribute(SUPPRESS_SHORTCUTS);
-    setTimeout(() => input.setAttribute(SUPPRESS_SHORTCUTS, "true"), 0);
+    const box = event.target;
+    if (!(box instanceof HTMLElement) || !root.contains(box) || !isSaveShortcut(event)) return;
+    if (!box.hasAttribute(SUPPRESS_SHORTCUTS)) return; // the input box, or a message's edit box
+    box.removeAttribute(SUPPRESS_SHORTCUTS);
+    setTimeout(() => box.setAttribute(SUPPRESS_SHORTCUTS, "true"), 0);
   };
   window.addEventListener("keydown", letSaveThrough, true);
 

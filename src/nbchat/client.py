@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import random
 import threading
@@ -29,6 +30,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Final, Literal
+from urllib.parse import urlsplit
 
 from websockets.asyncio.client import ClientConnection as WebSocket
 from websockets.asyncio.client import connect
@@ -63,9 +65,12 @@ __all__ = [
     "GatewayUnavailable",
     "LinkState",
     "RequestTooLarge",
+    "SendRefused",
     "client_loop",
     "detection_bound_s",
     "gateway_urls",
+    "on_loopback",
+    "refusal_code",
 ]
 
 log = logging.getLogger("nbchat.client")
@@ -157,6 +162,22 @@ class RequestTooLarge(ValueError):
     def __init__(self, size: int, limit: int) -> None:
         super().__init__(f"the request is {size:,} bytes; the gateway takes at most {limit:,}")
         self.size, self.limit = size, limit
+
+
+# What ClientConnection.send raises for a request that did not go (nothing is kept), and
+# the code a reply whose start it was ends with.
+SendRefused = (GatewayUnavailable, RequestTooLarge, ProtocolError)
+
+
+def refusal_code(exc: GatewayUnavailable | RequestTooLarge | ProtocolError) -> str:
+    """The error code of a reply whose start :meth:`ClientConnection.send` refused
+    with ``exc``: ``unavailable`` (not connected), ``too_large`` (over the gateway's
+    frame limit) or ``bad_request`` (it cannot be encoded)."""
+    if isinstance(exc, GatewayUnavailable):
+        return "unavailable"
+    if isinstance(exc, RequestTooLarge):
+        return "too_large"
+    return "bad_request"
 
 
 class ClientConnection:
@@ -267,6 +288,9 @@ class ClientConnection:
                 close_timeout=CLOSE_TIMEOUT_S,
                 max_size=MAX_RECEIVE_BYTES,
                 user_agent_header=f"nbchat/{__version__}",
+                # Compressing costs CPU on both ends of the link and saves nothing
+                # on loopback (the embedded gateway, in this very process).
+                compression=None if on_loopback(url) else "deflate",
             )
         except InvalidStatus as exc:
             status = exc.response.status_code
@@ -481,3 +505,14 @@ class ClientConnection:
             self._link.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._link
+
+
+def on_loopback(url: str) -> bool:
+    """Whether ``url`` names this machine by a loopback address or ``localhost``."""
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

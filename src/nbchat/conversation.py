@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import threading
 import time
 import uuid
@@ -25,9 +26,12 @@ from .client import (
     GatewayUnavailable,
     LinkState,
     RequestTooLarge,
+    SendRefused,
     client_loop,
+    refusal_code,
 )
 from .context import Attachment
+from .pricing import BUILTIN_PRICES, Prices
 from .protocol import (
     IMAGE_URI,
     ChatMessage,
@@ -51,13 +55,15 @@ from .protocol import (
     lone_surrogate,
 )
 from .reply import Reply
-from .session import ReplyState
+from .session import SESSION_LOST
 from .tools import Tool, run_tool
-from .transcript import Message, Transcript, plan_pictures
+from .transcript import Branch, Message, Transcript, plan_pictures
 
 __all__ = ["ConnectionStatus", "Conversation", "ConversationListener"]
 
 ConnectionStatus = Literal["connecting", "connected", "reconnecting", "offline", "closed"]
+log = logging.getLogger("nbchat")
+
 CLOSE_TIMEOUT_S = 5.0
 STOP_GRACE_S = 1.0  # on close, how long a stop may wait for the gateway's answer
 
@@ -74,6 +80,46 @@ class ConversationListener:
     def on_reasoning(self, reply: Reply, text: str) -> None: ...
     def on_reply_status(self, reply: Reply) -> None: ...
     def on_tool_asking(self, reply: Reply) -> None: ...
+
+
+class _Guarded(ConversationListener):
+    """A listener whose hooks cannot break the conversation: a hook that raises (a
+    view's bug) is logged, and the reply, the queue and the link go on as if it had
+    returned. Without this, an exception in a hook called from the worker or the frame
+    handler would end that task, and every reply after it would hang."""
+
+    def __init__(self, inner: ConversationListener) -> None:
+        self.inner = inner
+
+    def _call(self, hook: str, *args: Any) -> None:
+        try:
+            getattr(self.inner, hook)(*args)
+        except Exception:
+            log.exception("nbchat: the chat view's %s raised; the chat goes on", hook)
+
+    def on_status(self, status: ConnectionStatus, detail: str, error: str | None) -> None:
+        self._call("on_status", status, detail, error)
+
+    def on_models(self, models: list[str]) -> None:
+        self._call("on_models", models)
+
+    def on_transcript(self) -> None:
+        self._call("on_transcript")
+
+    def on_reply_start(self, reply: Reply) -> None:
+        self._call("on_reply_start", reply)
+
+    def on_chunk(self, reply: Reply, text: str) -> None:
+        self._call("on_chunk", reply, text)
+
+    def on_reasoning(self, reply: Reply, text: str) -> None:
+        self._call("on_reasoning", reply, text)
+
+    def on_reply_status(self, reply: Reply) -> None:
+        self._call("on_reply_status", reply)
+
+    def on_tool_asking(self, reply: Reply) -> None:
+        self._call("on_tool_asking", reply)
 
 
 @dataclass
@@ -111,6 +157,7 @@ class Conversation:
         heartbeat_s: float = DEFAULT_HEARTBEAT_S,
         max_history_chars: int | None = None,
         tools: dict[str, Tool] | None = None,
+        prices: Prices | None = None,
     ) -> None:
         if system is not None:
             _check_sendable("system", system)
@@ -133,14 +180,21 @@ class Conversation:
         # A start-up problem of the gateway (welcome.notice): shown as the error while
         # nothing more pressing is, since it explains replies that fail.
         self.notice: str | None = None
-        self.listener = listener or ConversationListener()
-        self.transcript = Transcript(system=system)
+        self.listener: ConversationListener = _Guarded(listener or ConversationListener())
+        self.prices: Prices = dict(BUILTIN_PRICES) if prices is None else prices
+        self.transcript = Transcript(system=system, prices=self.prices)
         # Guards the transcript, which the loop thread writes and callers read.
         self.lock = threading.RLock()
         self._loop = client_loop()
         self._queue: asyncio.Queue[Reply | None] = asyncio.Queue()
         self._queued: list[Reply] = []
         self._context: dict[str, list[dict[str, str]]] = {}  # by reply id, until it runs
+        # Replies that answer the active branch's last user message again (retry): they
+        # add no user message of their own.
+        self._again: set[str] = set()
+        # Where the active branch ended before a retry or an edit moved it, by reply id
+        # until the reply runs: a reply stopped while queued puts the branch back.
+        self._moved_from: dict[str, Message | None] = {}
         self._current: _InFlight | None = None
         # Calls of tools with confirm=True waiting for the user's answer, by call id.
         self._asking: dict[str, asyncio.Future[bool]] = {}
@@ -161,9 +215,26 @@ class Conversation:
     def send(self, text: str, context: list[Attachment] | None = None, **params: Any) -> Reply:
         """Queue a user message; ``context`` is its attachments (made by
         :mod:`nbchat.context`), sent after the text in this request and every later one."""
-        if not isinstance(text, str) or not text.strip():
-            raise ValueError("cannot send an empty message; pass some text")
-        _check_sendable("the message", text)
+        return self._queue_reply(text, context, params, None)
+
+    def _queue_reply(
+        self,
+        text: str,
+        context: list[Attachment] | None,
+        params: dict[str, Any],
+        branch: Callable[[], bool] | None,
+        *,
+        new_message: bool = True,
+    ) -> Reply:
+        """Check, then queue a reply. ``branch`` (called under the lock, only when no
+        reply runs or waits) moves the active branch first; it returns True when the
+        reply answers the branch's last user message again instead of a new one.
+        ``new_message``: ``text`` is a new message, checked (a retry's is there already,
+        and may be empty when it has attachments)."""
+        if new_message:
+            if not isinstance(text, str) or not text.strip():
+                raise ValueError("cannot send an empty message; pass some text")
+            _check_sendable("the message", text)
         attachments = _checked_context(context)
         merged = _checked_params({**self.params, **params})
         if self._closing:
@@ -172,11 +243,103 @@ class Conversation:
         reply.params = merged
         reply.model = self.model
         with self.lock:
+            if branch is not None:
+                self._check_idle()
+                end = self.transcript.messages[-1] if self.transcript.messages else None
+                if branch():
+                    self._again.add(reply.id)
+                self._moved_from[reply.id] = end
             self._queued.append(reply)
             if attachments:
                 self._context[reply.id] = attachments
         self._loop.call_soon_threadsafe(self._queue.put_nowait, reply)
         return reply
+
+    # --- branches (see nbchat.transcript): only while no reply runs or waits -------
+
+    def _check_idle(self) -> None:
+        if self._current is not None or self._queued:
+            raise RuntimeError("a reply is running or queued; wait for it, or stop it")
+
+    def retry(self, **params: Any) -> Reply:
+        """Answer the active branch's last user message again: the new reply goes
+        beside the one there (which stays, on its own branch) and becomes active."""
+        with self.lock:
+            self._check_idle()
+            prompt = self.transcript.last_user()
+
+        def again() -> bool:
+            user = self.transcript.last_user()
+            if user is not prompt:
+                raise RuntimeError("the conversation changed meanwhile; retry again")
+            self.transcript.rewind(user)
+            return True
+
+        return self._queue_reply(prompt.content, None, params, again, new_message=False)
+
+    def edit(
+        self,
+        text: str,
+        *,
+        turn: int | None = None,
+        message_id: str | None = None,
+        context: list[Attachment] | None = None,
+        **params: Any,
+    ) -> Reply:
+        """Send ``text`` in place of a user message (turn ``turn`` of the active branch,
+        or the message ``message_id``): the new message goes beside it, on a new branch
+        that becomes active; the old one stays on its own."""
+        with self.lock:
+            self._check_idle()
+            old = self.transcript.user_message(turn=turn, message_id=message_id)
+
+        def beside() -> bool:
+            self.transcript.rewind_before(old)
+            return False
+
+        return self._queue_reply(text, context, params, beside)
+
+    def undo(self) -> Message:
+        """End the active branch before its last user message (nothing is deleted: a
+        checkout goes back to it); returns that message."""
+        with self.lock:
+            self._check_idle()
+            user = self.transcript.last_user()
+            self.transcript.rewind_before(user)
+        self.listener.on_transcript()
+        return user
+
+    def checkout(self, target: int | str | Branch, *, sibling: int | None = None) -> Message:
+        """Make another branch active (see :meth:`Transcript.checkout`)."""
+        with self.lock:
+            self._check_idle()
+            leaf = self.transcript.checkout(target, sibling=sibling)
+        self.listener.on_transcript()
+        return leaf
+
+    def _move_back(self, end: Message | None) -> None:
+        """A retry or edit stopped before it ran: the active branch ends where it did
+        (unless the conversation was cleared meanwhile). Under the lock."""
+        if end is None:
+            self.transcript.rewind(None)
+            return
+        try:
+            known = self.transcript.node(end.id)
+        except ValueError:
+            return
+        if known is end:
+            self.transcript.rewind(end)
+
+    def branches(self) -> list[Branch]:
+        with self.lock:
+            return self.transcript.branches()
+
+    def set_prices(self, prices: Prices) -> None:
+        """Price records' ``cost`` at ``prices`` (checked by the caller) from now on."""
+        with self.lock:
+            self.prices = prices
+            self.transcript.set_prices(prices)
+        self.listener.on_transcript()
 
     @property
     def current(self) -> Reply | None:
@@ -195,8 +358,8 @@ class Conversation:
         """Continue from ``transcript`` (a loaded or rebuilt history): the next message
         carries it. Only between replies."""
         with self.lock:
-            if self._current is not None or self._queued:
-                raise RuntimeError("a reply is running or queued; wait for it, or stop it")
+            self._check_idle()
+            transcript.set_prices(self.prices)
             self.transcript = transcript
         self.listener.on_transcript()
 
@@ -323,11 +486,20 @@ class Conversation:
         try:
             while (reply := await self._queue.get()) is not None:
                 with self.lock:
-                    if reply in self._queued:
-                        self._queued.remove(reply)
                     context = self._context.pop(reply.id, None)
-                if reply.finished:
-                    continue  # stopped while it waited in the queue
+                    moved = reply.id in self._moved_from
+                    moved_from = self._moved_from.pop(reply.id, None)
+                    dropped = reply.finished  # stopped while it waited in the queue
+                    if dropped:
+                        if reply in self._queued:
+                            self._queued.remove(reply)
+                        self._again.discard(reply.id)
+                        if moved:
+                            self._move_back(moved_from)
+                if dropped:
+                    if moved:
+                        self.listener.on_transcript()
+                    continue
                 await self._run(reply, context)
         finally:
             await self._connection.close()
@@ -378,11 +550,18 @@ class Conversation:
         reply.model = model
         with self.lock:
             # The message is stamped when it was sent, the reply when it starts (later,
-            # if it waited in the queue).
-            self.transcript.add_user(reply.prompt, at=reply.sent_at, context=context)
+            # if it waited in the queue). A retry answers the message that is there.
+            if reply.id in self._again:
+                self._again.discard(reply.id)
+            else:
+                self.transcript.add_user(reply.prompt, at=reply.sent_at, context=context)
             message = self.transcript.add_assistant(reply_id=reply.id, model=model, at=time.time())
-        in_flight = _InFlight(reply, message, self._loop.time(), asyncio.Event())
-        self._current = in_flight
+            in_flight = _InFlight(reply, message, self._loop.time(), asyncio.Event())
+            # Current before it leaves the queue: never neither, which a branch
+            # change would take for idle.
+            self._current = in_flight
+            if reply in self._queued:
+                self._queued.remove(reply)
         self.listener.on_reply_start(reply)
         self.listener.on_transcript()
         if not await self._connect():
@@ -402,14 +581,12 @@ class Conversation:
             in_flight.started = True
             try:
                 await self._connection.send(start)
-            except GatewayUnavailable as exc:
-                self._end(in_flight, "error", error=str(exc), code="unavailable")
-            except RequestTooLarge as exc:
-                self._end(in_flight, "error", error=_too_large(exc, history), code="too_large")
-            except ProtocolError as exc:  # e.g. a model name that is not valid Unicode
-                self._end(in_flight, "error", error=str(exc), code="bad_request")
+            except SendRefused as exc:  # e.g. a model name that is not valid Unicode
+                why = _too_large(exc, history) if isinstance(exc, RequestTooLarge) else str(exc)
+                self._end(in_flight, "error", error=why, code=refusal_code(exc))
         await in_flight.ended.wait()
-        self._current = None
+        if self._current is in_flight:
+            self._current = None
 
     async def _apply_control(self, action: str, reply: Reply) -> None:
         if reply.finished:
@@ -437,50 +614,54 @@ class Conversation:
 
     def _on_frame(self, frame: ServerFrame) -> None:
         in_flight = self._current
+        lost = SESSION_LOST
         if isinstance(frame, Welcome):
-            # Every welcome says what the gateway offers (a first connect by Retry too).
-            self.models = list(frame.models)
-            self.image_models = set(frame.image_models or ())
-            if self.model is None and self.models:
-                # The gateway's default (an older one names none: its first).
-                default = frame.default_model
-                self.model = default if default in self.models else self.models[0]
-            self.listener.on_models(self.models)  # self.model is set first: views read it
-            if frame.notice != self.notice:
-                self.notice = frame.notice
-                self._set_status(self.status, detail=self.status_detail)
-            moved = self._welcomed_at is not None and self._welcomed_at != self.url
-            self._welcomed_at = self.url
-            if not frame.resumed and in_flight is not None and self._was_seen(in_flight):
-                # The gateway does not know the session: nothing more will come. (A
-                # start it never saw is sent again in the new session instead.)
-                why = (
-                    f"the link moved to the gateway at {self.url}, which does not have "
-                    "this chat's session (gateways share sessions only through a shared "
-                    "store)"
-                    if moved
-                    else "the gateway no longer has this chat's session (it restarted, "
-                    "or the session expired)"
-                )
-                self._end(
-                    in_flight, "error", code="session_lost", error=f"{why}; the reply ends here"
-                )
-            return
-        if (
-            isinstance(frame, Error)
-            and frame.code == "store_unavailable"
-            and frame.seq is None
-            and in_flight is not None
-            and frame.reply in (None, in_flight.reply.id)
-        ):
-            # The gateway's session store is away: nothing more of this reply can be
-            # stored or delivered, so it ends here (its text so far is kept).
-            self._end(in_flight, "error", error=frame.message, code=frame.code)
-            return
-        if in_flight is None or getattr(frame, "reply", None) != in_flight.reply.id:
-            if isinstance(frame, Error) and frame.reply is None:
-                self._set_status(self.status, f"{frame.code}: {frame.message}")
-            return
+            lost = self._on_welcome(frame)
+        # Whether the frame ends the reply in flight, and how: the rule a batch follows too.
+        ending = next(
+            (
+                end
+                for end in self._connection.session.ended(frame, lost=lost)
+                if in_flight is not None and end.reply == in_flight.reply.id
+            ),
+            None,
+        )
+        if in_flight is not None and getattr(frame, "reply", None) == in_flight.reply.id:
+            self._apply(in_flight, frame, ending is not None)
+        elif isinstance(frame, Error) and frame.reply is None and ending is None:
+            self._set_status(self.status, f"{frame.code}: {frame.message}")
+        if in_flight is not None and ending is not None:
+            self._end(in_flight, ending.finish, error=ending.error, code=ending.error_code)
+
+    def _on_welcome(self, frame: Welcome) -> str:
+        """Take what a welcome says; returns why a reply lost with the session ends."""
+        # Every welcome says what the gateway offers (a first connect by Retry too).
+        self.models = list(frame.models)
+        self.image_models = set(frame.image_models or ())
+        if self.model is None and self.models:
+            # The gateway's default (an older one names none: its first).
+            default = frame.default_model
+            self.model = default if default in self.models else self.models[0]
+        self.listener.on_models(self.models)  # self.model is set first: views read it
+        if frame.notice != self.notice:
+            self.notice = frame.notice
+            self._set_status(self.status, detail=self.status_detail)
+        moved = self._welcomed_at is not None and self._welcomed_at != self.url
+        self._welcomed_at = self.url
+        # A new session: the gateway does not know the old one, and nothing more will
+        # come of a reply it had begun. (A start it never saw is sent again instead.)
+        why = (
+            f"the link moved to the gateway at {self.url}, which does not have this chat's "
+            "session (gateways share sessions only through a shared store)"
+            if moved
+            else "the gateway no longer has this chat's session (it restarted, or the "
+            "session expired)"
+        )
+        return f"{why}; the reply ends here"
+
+    def _apply(self, in_flight: _InFlight, frame: ServerFrame, ends: bool) -> None:
+        """Apply a frame of the reply in flight (``ends``: it ends the reply, which the
+        caller does next)."""
         reply, message = in_flight.reply, in_flight.message
         if isinstance(frame, Started):
             reply.model = message.model = frame.model
@@ -507,18 +688,13 @@ class Conversation:
             self._apply_snapshot(in_flight, frame)
         elif isinstance(frame, ToolCall):
             self._on_tool_call(in_flight, frame)
-        elif isinstance(frame, Error) and frame.seq is None:
-            if not self._was_seen(in_flight):
-                # The start itself was refused (a started event would have come before
-                # any refusal of a later request): nothing more will come for it.
-                self._end(in_flight, "error", error=frame.message, code=frame.code)
-            else:  # a pause, resume or stop was refused: say so, the reply goes on
-                self._set_status(self.status, f"{frame.code}: {frame.message}")
-        elif isinstance(frame, Done):
-            view = self._connection.session.replies[reply.id]
+        elif isinstance(frame, Error) and frame.seq is None and not ends:
+            # A pause, resume or stop was refused: say so, the reply goes on. (A refused
+            # start, or the store going away, ends the reply instead.)
+            self._set_status(self.status, f"{frame.code}: {frame.message}")
+        elif isinstance(frame, Done):  # its end (with the error the view assembled) follows
             message.usage = frame.usage
             message.generation_s = _generation_s(frame.timing)
-            self._end(in_flight, frame.finish, error=view.error, code=view.error_code)
 
     def _on_tool_call(self, in_flight: _InFlight, frame: ToolCall) -> None:
         """Record the call and run the tool (once per call id, whatever is replayed)."""
@@ -612,11 +788,6 @@ class Conversation:
         figures measure, so a pause does not make a model look slow."""
         return self._loop.time() - in_flight.sent_at - self._paused_s(in_flight)
 
-    def _was_seen(self, in_flight: _InFlight) -> bool:
-        """Whether the gateway has sent any event of this reply (it took the start)."""
-        view = self._connection.session.replies.get(in_flight.reply.id)
-        return view is not None and view.state is not ReplyState.PENDING
-
     def _apply_snapshot(self, in_flight: _InFlight, frame: Snapshot) -> None:
         """After a resume gap: what the snapshot has beyond our text arrives as one
         chunk (our text is always a prefix of it), then its state applies."""
@@ -645,8 +816,7 @@ class Conversation:
             )
             self._on_tool_call(in_flight, call)
         if frame.finish is not None:
-            message.usage = frame.usage
-            self._end(in_flight, frame.finish, error=frame.error, code=frame.error_code)
+            message.usage = frame.usage  # its end follows
         elif frame.paused != (reply.status == "paused"):
             self._set_paused(in_flight, frame.paused)
 
@@ -668,6 +838,9 @@ class Conversation:
             message.chunks = in_flight.chunks
             message.duration_s = self._active_s(in_flight)
             message.paused_s = self._paused_s(in_flight)
+            # Idle before the reply says it ended: a retry() right after wait() works.
+            if self._current is in_flight:
+                self._current = None
         self._connection.session.forget(reply.id)  # the reply is over: keep none of it
         reply._end(finish, error=error, error_code=code, usage=message.usage)
         in_flight.ended.set()

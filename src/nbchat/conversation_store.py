@@ -15,6 +15,15 @@ What the file keeps true (each rule has a test in tests/test_conversation_store.
   that has lost the earlier ones.
 - A reply is written while it streams (at most every :data:`STREAM_WRITE_S`) and when it
   ends, so a crash keeps its partial text, which loads as ``finish == "stopped"``.
+- Branches (see :mod:`nbchat.transcript`): every message of the tree is kept, each row
+  holding its message's ``id``, ``parent`` and ``branch``, and ``path``, whether it was
+  on the active branch when last written (rewritten when a checkout or an undo moves
+  it); the active branch's last message also says ``end``, rewritten when the end
+  moves. Loading keeps every row's parent: two chats writing one name at once make
+  two branches, each turn after the reply its chat saw. The active branch is the one
+  whose ``end`` was written last: the latest turn, undo or checkout of any chat on
+  the name. Rows written before branches (no ``path``), and any whose parent is not
+  stored, are one line in turn order.
 - The schema has a version (``PRAGMA user_version``). A newer one, or a file that is not
   a database, raises :class:`ConversationStoreError` naming the file.
 """
@@ -25,6 +34,7 @@ import asyncio
 import atexit
 import contextlib
 import json
+import math
 import os
 import sqlite3
 import sys
@@ -40,7 +50,7 @@ from typing import TYPE_CHECKING, Any, Final
 from .conversation import ConnectionStatus, Conversation, ConversationListener
 from .protocol import MAX_NAME_CHARS, lone_surrogate
 from .reply import Reply
-from .transcript import Message, Transcript, transcript_from_json, transcript_to_json
+from .transcript import Message, Transcript, message_to_json, transcript_from_json
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -150,8 +160,8 @@ class StoredMessage:
 
 @dataclass(frozen=True)
 class StoredConversation:
-    """A conversation as read from the store. ``message_ids`` run parallel to
-    ``transcript.messages``."""
+    """A conversation as read from the store. ``message_ids`` are the ids of its
+    messages (each message's own, which is also its row's), on every branch."""
 
     id: int
     name: str
@@ -261,27 +271,22 @@ class ConversationStore:
             return None
         conversation_id, epoch, system, model, created, updated = row
         rows = self._db.execute(
-            "SELECT id, data FROM messages WHERE conversation = ? "
+            "SELECT id, data, updated_at FROM messages WHERE conversation = ? "
             "ORDER BY anchor, source, ordinal, id",
             (conversation_id,),
         ).fetchall()
         try:
-            transcript = transcript_from_json(
-                {
-                    "format": "nbchat.transcript",
-                    "version": 1,
-                    "system": system,
-                    "messages": [json.loads(data) for _, data in rows],
-                }
+            tree = _as_tree(
+                [(row_id, json.loads(data)) for row_id, data, _ in rows],
+                {row_id: updated for row_id, _, updated in rows},
             )
-        except (ValueError, RecursionError) as exc:
+            transcript = transcript_from_json(
+                {"format": "nbchat.transcript", "version": 2, "system": system, **tree}
+            )
+        except (ValueError, RecursionError, TypeError) as exc:
             raise self._error(
                 f"conversation {name!r} holds a message nbchat cannot read: {exc}"
             ) from None
-        turn = 0
-        for message in transcript.messages:  # two writers' turns interleave: renumber
-            turn += message.role == "user"
-            message.turn = max(turn, 1)
         return StoredConversation(
             id=conversation_id,
             name=name,
@@ -291,7 +296,7 @@ class ConversationStore:
             created_at=created,
             updated_at=updated,
             transcript=transcript,
-            message_ids=[message_id for message_id, _ in rows],
+            message_ids=[m.id for m in transcript.tree()],
         )
 
     def summaries(self) -> list[dict[str, Any]]:
@@ -428,6 +433,53 @@ class ConversationStore:
             self._db.close()
 
 
+def _as_tree(
+    rows: list[tuple[str, Any]], written: Mapping[str, float] | None = None
+) -> dict[str, Any]:
+    """The stored rows (in turn order) as a version 2 file's ``messages`` and
+    ``active``. Each row keeps its stored parent. Rows written before branches (no
+    ``path``) and rows whose parent is not stored are one line in turn order, each after
+    the one before it among them (two processes' turns interleave there, as they did
+    before branches). The active branch ends at the row marked ``end`` (each chat on the
+    name marks its own) that was written last (``written``: each row's last write, by
+    id; without it, the last in turn order); with none marked, at a row on the path
+    with no child on it, the same way."""
+    items: list[dict[str, Any]] = []
+    for row_id, data in rows:
+        if not isinstance(data, dict):
+            raise ValueError(f"message {row_id!r} is not an object")
+        item = dict(data)
+        if not isinstance(item.get("id"), str):
+            item["id"] = row_id
+        items.append(item)
+    when = [(written or {}).get(row_id, 0.0) for row_id, _ in rows]
+    ids = {d["id"] for d in items}
+    before: str | None = None
+    for item in items:
+        parent = item.get("parent")
+        if "path" not in item or (parent is not None and parent not in ids):
+            item["parent"], before = before, item["id"]
+    # Each chat marks its active branch's end; rows from before that mark: the ends of
+    # the path.
+    ends = [(n, d["id"]) for n, d in enumerate(items) if d.get("end") is True]
+    if not ends:
+        on_path = [(n, d) for n, d in enumerate(items) if d.get("path", True) is not False]
+        has_child = {d.get("parent") for _, d in on_path}
+        ends = [(n, d["id"]) for n, d in on_path if d["id"] not in has_child]
+    active = max(ends, key=lambda e: (when[e[0]], e[0]))[1] if ends else None
+    # Siblings in the order they were made (a retry's reply after the first), which
+    # turn order leaves to the ids when two share a place.
+    order = sorted(range(len(items)), key=lambda n: (_created(items[n]), n))
+    return {"messages": [items[n] for n in order], "active": active}
+
+
+def _created(item: dict[str, Any]) -> float:
+    created = item.get("created_at")
+    if isinstance(created, bool) or not isinstance(created, (int, float)):
+        return 0.0  # refused, saying why, when the message is read
+    return float(created) if math.isfinite(created) else 0.0
+
+
 # --- the recorder: a named chat's messages, written as they are made --------------
 
 
@@ -438,7 +490,9 @@ class _Known:
     message: Message  # held, so its id() is not reused while it is known
     id: str
     data: dict[str, Any] | None
-    settled: bool  # written in its final form: never written again
+    settled: bool  # written in its final form: written again only if path or end change
+    path: bool = True  # on the active branch when written
+    end: bool = False  # the active branch's last message when written
 
 
 @dataclass
@@ -488,9 +542,11 @@ class ConversationRecorder(ConversationListener):
         self.conversation_id = stored.id
         self._epoch = stored.epoch
         self._source = uuid.uuid4().hex[:12]
+        on_path = {id(m) for m in stored.transcript.messages}
+        last = stored.transcript.messages[-1] if stored.transcript.messages else None
         self._known: dict[int, _Known] = {
-            id(m): _Known(m, message_id, None, settled=True)
-            for m, message_id in zip(stored.transcript.messages, stored.message_ids, strict=True)
+            id(m): _Known(m, m.id, None, settled=True, path=id(m) in on_path, end=m is last)
+            for m in stored.transcript.tree()
         }
         self._meta: tuple[str | None, str | None] = (stored.system, stored.model)
         self._conversation: Conversation | None = None
@@ -610,31 +666,40 @@ class ConversationRecorder(ConversationListener):
     def _changes(self, conversation: Conversation) -> _Write | None:
         changed: dict[str, StoredMessage] = {}
         with conversation.lock:
-            messages = list(conversation.transcript.messages)
-            meta = (conversation.transcript.system, conversation.model)
-            anchor: float | None = None
-            for ordinal, m in enumerate(messages):
+            transcript = conversation.transcript
+            messages = transcript.tree()
+            on_path = {id(m) for m in transcript.messages}
+            last = transcript.messages[-1] if transcript.messages else None
+            meta = (transcript.system, conversation.model)
+            # Each message's anchor (when its turn began) and place along its branch.
+            place: dict[str | None, tuple[float | None, int]] = {None: (None, -1)}
+            for m in messages:
+                anchor, depth = place.get(m.parent, (None, -1))
                 if m.role == "user":
                     anchor = m.created_at
+                place[m.id] = (anchor, depth + 1)
+                path, end = id(m) in on_path, m is last
                 known = self._known.get(id(m))
                 if known is not None and known.message is not m:
                     known = None  # a message that is gone, whose id() was reused
-                if known is not None and known.settled:
+                if known is not None and known.settled and (known.path, known.end) == (path, end):
                     continue
-                data = transcript_to_json(Transcript(messages=[m]))["messages"][0]
+                # The active branch's end is written again whenever it moves, so the
+                # newest end is this chat's latest (see _as_tree).
+                data = message_to_json(m) | {"path": path} | ({"end": True} if end else {})
                 if known is None:
-                    known = _Known(m, uuid.uuid4().hex, None, settled=False)
+                    known = _Known(m, m.id, None, settled=False, path=path, end=end)
                     self._known[id(m)] = known
                 if data != known.data:
                     changed[known.id] = StoredMessage(
                         known.id,
                         m.created_at if anchor is None else anchor,
                         self._source,
-                        ordinal,
+                        depth + 1,
                         data,
                     )
                     known.data = data
-                known.settled = m.final
+                known.settled, known.path, known.end = m.final, path, end
         if len(self._known) > len(messages):  # forget messages no longer held
             held = {id(m) for m in messages}
             self._known = {k: v for k, v in self._known.items() if k in held}

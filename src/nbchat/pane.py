@@ -1,9 +1,15 @@
 """What the kernel and the chat pane say to each other over the widget comm, and the
 batching that keeps that traffic bounded. Pure: no I/O, no clocks but those passed in.
 
-The pane sends commands (:data:`COMMANDS`). The kernel sends the in-flight reply's text
-as ``chunk`` messages carrying only new text and the offset it starts at, at most one
-per :attr:`StreamBatcher.interval_s` whatever the token rate (Jupyter drops comm
+The pane sends commands (:data:`COMMANDS`). Three change the conversation's branch
+(see :mod:`nbchat.transcript`), refused while a reply runs: ``retry`` (answer the last
+message again), ``edit`` ``{id, text}`` (send a new version of user message ``id``)
+and ``checkout`` ``{id, sibling?}`` (show the newest branch through message ``id``, or
+through its alternative number ``sibling``, 1-based, as the arrows under it ask).
+
+The kernel sends the in-flight reply's text as ``chunk`` messages carrying only new
+text and the offset it starts at, at most one per :attr:`StreamBatcher.interval_s`
+whatever the token rate (Jupyter drops comm
 messages past about 1,000/s, so one per token would lose text), and ``snapshot``
 messages with the whole text so far when a view asks (a view that rendered mid-stream,
 or one that saw a gap). Offsets make both idempotent: a view applies what extends its
@@ -33,6 +39,9 @@ COMMANDS: Final[dict[str, bool]] = {
     "sync": False,
     "reconnect": False,
     "tool_answer": False,  # {call, run}: run (or not) a tool that asks first
+    "retry": False,  # answer the active branch's last message again
+    "edit": True,  # {id, text}: a new version of user message id
+    "checkout": False,  # {id, sibling?}: show the branch through message id
 }
 
 
@@ -42,6 +51,8 @@ class Command:
     text: str = ""
     call: str = ""  # tool_answer: the tool call asked about
     run: bool = False  # tool_answer: whether to run it
+    id: str = ""  # edit, checkout: the message
+    sibling: int | None = None  # checkout: which of the message's alternatives (1-based)
 
 
 def parse_command(content: Any) -> Command:
@@ -55,7 +66,16 @@ def parse_command(content: Any) -> Command:
         text = content.get("text")
         if not isinstance(text, str):
             raise ValueError(f"pane message {kind!r} needs a string 'text'")
+        if kind == "edit":
+            return Command(kind, text, id=_message_id(content, kind))
         return Command(kind, text)
+    if kind == "checkout":
+        sibling = content.get("sibling")
+        if sibling is not None and (
+            isinstance(sibling, bool) or not isinstance(sibling, int) or sibling < 1
+        ):
+            raise ValueError("pane message 'checkout' needs 'sibling' to be a number from 1")
+        return Command(kind, id=_message_id(content, kind), sibling=sibling)
     if kind == "tool_answer":
         call, run = content.get("call"), content.get("run")
         if not isinstance(call, str) or not call:
@@ -64,6 +84,13 @@ def parse_command(content: Any) -> Command:
             raise ValueError("pane message 'tool_answer' needs 'run': true or false")
         return Command(kind, call=call, run=run)
     return Command(kind)
+
+
+def _message_id(content: dict[str, Any], kind: str) -> str:
+    message_id = content.get("id")
+    if not isinstance(message_id, str) or not message_id:
+        raise ValueError(f"pane message {kind!r} needs the message's id in 'id'")
+    return message_id
 
 
 class StreamBatcher:

@@ -9,6 +9,10 @@ turn boundaries; while the pane is live it hides that output (see js/src/saved.t
 Pure: no I/O. Markdown is rendered by ``markdown-it-py`` with raw HTML off, so model
 output shows as text, never as markup; links with scripting schemes are refused by its
 link validation, and images are not loaded (they become links).
+
+A conversation with branches (retry, edit) shows its active branch, and the banner says
+how many there are; the copy is a rendering, not a store: ``chat.save()`` and named
+conversations keep every branch.
 """
 
 from __future__ import annotations
@@ -110,9 +114,17 @@ class SavedCopy:
             "%Y-%m-%d %H:%M UTC", time.gmtime(time.time() if now is None else now)
         )
         turns = transcript.turns
+        branches = transcript.branches()
+        # Counted from 1 for people (chat.branches() numbers them from 0).
+        active = next((n for n, b in enumerate(branches, 1) if b.active), None)
+        shown_branch = (
+            f"branch {active} of {len(branches)} (the others are not in this copy) · "
+            if len(branches) > 1 and active is not None
+            else ""
+        )
         banner = (
             f"Saved copy of an nbchat conversation · {turns} turn{'s' * (turns != 1)} · "
-            f"{stamp} · read-only: run the cell again to chat"
+            f"{shown_branch}{stamp} · read-only: run the cell again to chat"
         )
         note = (
             f"{left_out} earlier message{'s' * (left_out != 1)} not in this copy "

@@ -17,8 +17,11 @@ Every reply opens by quoting the user's last message (and naming what is attache
 ``Attached: df (DataFrame, <its shape>).``) and ends with a sentence that says
 which turn this is and how the conversation began, so multi-turn history is visible.
 
-Params: ``tokens_per_s`` (default 30; 0 = as fast as possible) and ``max_tokens``
-(the reply is cut there with finish = "length").
+Params: ``tokens_per_s`` (default 30; 0 = as fast as possible), ``max_tokens``
+(the reply is cut there with finish = "length") and ``seed`` (an integer: the same
+history and seed give the same reply, another seed another one, so a retry with a new
+seed, ``chat.retry(seed=1)``, shows a different answer; without it, a retry repeats the
+reply word for word).
 """
 
 from __future__ import annotations
@@ -110,7 +113,10 @@ def demo_reply(request: Request) -> str:
     # Attachments (nbchat.context) follow the user's own text: quote and shape by the text.
     last, attached = split_message(users[-1].strip())
     last = last.strip()
-    digest = hashlib.sha256("\x00".join(m.content for m in request.messages).encode()).digest()
+    seed = request.params.get("seed")
+    salt = "" if seed is None else f"\x00seed={seed}"  # no seed: the replies as before
+    said = "\x00".join(m.content for m in request.messages) + salt
+    digest = hashlib.sha256(said.encode()).digest()
     quote = last if len(last) <= 120 else last[:117] + "..."
     opening = f"**Demo reply.** You wrote: \u201c{quote}\u201d."
     if attached:
@@ -319,6 +325,9 @@ class DemoProvider:
     async def stream(self, request: Request) -> AsyncIterator[TextChunk | Finish]:
         rate = float(request.params.get("tokens_per_s", DEFAULT_TOKENS_PER_S))
         max_tokens = request.params.get("max_tokens")
+        seed = request.params.get("seed")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ProviderError("bad_request", "seed must be an integer")
         if rate < 0:
             raise ProviderError("bad_request", "tokens_per_s must be 0 or more")
         if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
