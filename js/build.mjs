@@ -1,6 +1,8 @@
 // Bundles the pane into src/nbchat/static/: widget.js (the anywidget module) and
 // widget.css (the pane's styles with KaTeX's, its fonts inlined: nothing is fetched at
-// run time, so math renders offline and behind any proxy).
+// run time, so math renders offline and behind any proxy). Both widgets, nbchat.Chat
+// and nbchat.Compare, use these two files: index.ts draws the compare pane for a
+// comparison's model, and index.css holds both panes' styles.
 
 import { readFile } from "node:fs/promises";
 import { dirname } from "node:path";
@@ -33,7 +35,7 @@ await esbuild.build({
 });
 
 await esbuild.build({
-  entryPoints: ["js/src/widget.css"],
+  entryPoints: ["js/src/index.css"],
   bundle: true,
   minify: true,
   loader: { ".woff2": "dataurl" },

@@ -1,8 +1,12 @@
 // The nbchat pane: an anywidget module. `initialize` runs once per model and keeps the
 // transcript and the in-flight reply's text, so every view (a second display(chat), a
 // view created mid-stream) starts from the same state; `render` builds one view.
+// The compare pane (nbchat.Compare) is drawn by this bundle too, for a model whose
+// `kind` is "compare": one bundle to build and ship for both widgets.
 
-import type { AnyModel, Initialize, Render } from "@anywidget/types";
+import type { AnyModel, Initialize, InitializeProps, Render, RenderProps } from "@anywidget/types";
+
+import compare, { isCompareModel, type CompareModel } from "./compare";
 
 import { isKernelMessage, isTranscriptMessage, type ChatModel } from "./model";
 import { hideSavedCopy } from "./saved";
@@ -29,7 +33,11 @@ function paneFor(model: AnyModel<ChatModel>): PaneState {
   return pane;
 }
 
-const initialize: Initialize<ChatModel> = ({ model }) => {
+const initialize: Initialize<ChatModel> = (props) => {
+  if (isCompareModel(props.model)) {
+    return compare.initialize(props as unknown as InitializeProps<CompareModel>);
+  }
+  const { model } = props;
   const { stream, transcript } = paneFor(model);
   const onMessage = (message: unknown) => {
     // A message that starts past what we have means one went missing: ask for all.
@@ -49,7 +57,9 @@ const initialize: Initialize<ChatModel> = ({ model }) => {
   };
 };
 
-const render: Render<ChatModel> = ({ model, el }) => {
+const render: Render<ChatModel> = (props) => {
+  if (isCompareModel(props.model)) return compare.render(props as unknown as RenderProps<CompareModel>);
+  const { model, el } = props;
   const { stream, transcript } = paneFor(model);
   const showSavedCopy = hideSavedCopy(model.get("chat_id"));
   const cleanup = renderChat(model, el, stream, transcript);

@@ -14,23 +14,28 @@ import os
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import anywidget
 import traitlets
 
 from .backoff import Backoff
 from .client import DEFAULT_HEARTBEAT_S, gateway_urls
-from .context import gather
+from .compare import Compare, Models
+from .context import Attachment, gather, mentions
 from .conversation import ConnectionStatus, Conversation, ConversationListener
 from .conversation_store import ConversationRecorder
+from .frontend import CSS, ESM, display_live, in_kernel, keep_pane_messages_on_their_subshell
 from .gateway.embedded import configured_models, shared_gateway
 from .local_models import MODELS, REMOTE_GATEWAY_MESSAGE, ModelFunction
 from .pane import StreamBatcher, TranscriptSync, parse_command
+from .pricing import prices_with
 from .reply import Reply
 from .saved_copy import MIN_INTERVAL_S, SavedCopy, update_interval, view_note
 from .tools import Tool, make_tool
 from .transcript import (
+    Branch,
+    Message,
     Transcript,
     transcript_from_json,
     transcript_from_records,
@@ -46,19 +51,6 @@ __all__ = ["Chat"]
 log = logging.getLogger("nbchat")
 
 _Fn = TypeVar("_Fn", bound=Callable[..., Any])
-
-_STATIC = Path(__file__).parent / "static"
-_MISSING_BUNDLE = """
-export default { render({ el }) {
-  el.textContent = "nbchat: the front end is not built. Run `pip install -e .` (needs Node 20) " +
-    "or install nbchat from a wheel.";
-} };
-"""
-
-
-def _asset(name: str, fallback: str) -> Path | str:
-    path = _STATIC / name
-    return path if path.exists() else fallback
 
 
 class _ModelName(traitlets.Unicode):  # type: ignore[type-arg]
@@ -79,7 +71,7 @@ class Chat(anywidget.AnyWidget):
 
     Chat(url=None, model=None, system=None, token=None, *, backoff=None,
          heartbeat_s=10, max_history_chars=None, conversation=None, tools=None,
-         **params)
+         prices=None, **params)
 
         url: a gateway started with ``nbchat serve`` ("ws://host:8765/v1/chat"), or a
             list of them (gateways sharing one session store): the chat connects to
@@ -98,6 +90,8 @@ class Chat(anywidget.AnyWidget):
         conversation: a name: the conversation is kept on disk as it is made, and
             ``Chat(conversation=name)`` later (after a restart) continues it.
         tools: Python functions the model may call (see ``tool``).
+        prices: model name -> (input, output) US dollars per 1M tokens, over the
+            built-in table (only ``demo``, at 0): the ``cost`` of each reply.
         **params: request params sent with every message (``temperature``,
             ``max_tokens``, ``tokens_per_s`` for the demo model, ...).
 
@@ -106,6 +100,11 @@ class Chat(anywidget.AnyWidget):
             (a send while a reply streams is queued). ``@name`` in the text attaches
             the kernel variable ``name``; ``context=[df, fig]`` attaches objects
             (a DataFrame as its schema, null counts and a sample; see the README).
+        compare(prompt, models, context=None, **params) -> Compare: send ``prompt``
+            (its attachments as for ``send``) with this chat's history to several
+            models at once (up to 16; the chat's tools are not offered), their replies
+            side by side in a pane of their own; ``pick(model)`` (or the pane's
+            Continue with this) continues this chat with one of them.
         reply: the reply streaming now (or the next queued one), or None.
         stop(), pause(), resume(): act on the reply in flight, like the buttons.
         clear(): stop, and start a fresh transcript.
@@ -123,8 +122,25 @@ class Chat(anywidget.AnyWidget):
         close(): stop and close; ``with Chat() as chat:`` does it at the end.
 
     The conversation:
-        messages: the transcript, one dict per message (read-only).
-        to_dataframe(): the transcript as a pandas DataFrame, with timing and usage.
+        messages: the transcript (its active branch), one dict per message (read-only).
+        to_dataframe(all_branches=False): the transcript as a pandas DataFrame, with
+            timing, usage and cost; with ``all_branches``, every message of every
+            branch, placed by its ``parent`` and ``branch`` columns.
+        prices: the price table ``cost`` uses (settable, as ``Chat(prices=...)``).
+
+    Branches (a conversation is a tree; each message has an ``id``):
+        retry(**params) -> Reply: answer the last message again; the reply there stays,
+            on its own branch (the pane's arrows switch between them).
+        edit(turn=None, text=None, *, id=None, context=None, **params) -> Reply: send a
+            new version of an earlier message of yours (turn N of the active branch,
+            or the message ``id``): a new branch from there; the old one stays. Its
+            attachments stay unless ``context=`` replaces them.
+        undo(): the active branch ends before your last message (nothing is deleted).
+        branches() -> list[Branch]: every branch: number, leaf id, turns, preview,
+            and whether it is active.
+        checkout(target, sibling=None): make a branch active: by number, or by a
+            message id (the newest branch through it).
+        These raise RuntimeError while a reply runs or waits (wait for it, or stop it).
         to_markdown(): the transcript as Markdown.
         save(path) / Chat.load(path): a portable JSON file, and a Chat continuing it.
         Chat.from_dataframe(frame): a Chat whose history is a DataFrame's rows.
@@ -147,8 +163,8 @@ class Chat(anywidget.AnyWidget):
     See the README for the limits, the reliability guarantees and real providers.
     """
 
-    _esm = _asset("widget.js", _MISSING_BUNDLE)
-    _css = _asset("widget.css", "")
+    _esm = ESM  # one bundle for the chat and the compare pane (nbchat.frontend)
+    _css = CSS
 
     # Identifies this chat to the pane, which keys its shared stream text on it
     # (anywidget hands initialize and render different model proxies).
@@ -177,12 +193,14 @@ class Chat(anywidget.AnyWidget):
         max_history_chars: int | None = None,
         conversation: str | None = None,
         tools: Iterable[Callable[..., Any]] | None = None,
+        prices: Any = None,
         **params: Any,
     ) -> None:
         # Checked first: a bad gateway URL, or a function that cannot be a tool, is an
         # error before anything starts. The Conversation shares the tools dict, so
         # later @chat.tool adds to it.
         urls = gateway_urls(url) if url is not None else None
+        price_table = prices_with(prices)
         self._tools: dict[str, Tool] = {}
         for fn in tools or ():
             tool = make_tool(fn)
@@ -228,6 +246,7 @@ class Chat(anywidget.AnyWidget):
                 heartbeat_s=heartbeat_s,
                 max_history_chars=max_history_chars,
                 tools=self._tools,
+                prices=price_table,
             )
         except BaseException:
             if recorder is not None:
@@ -242,10 +261,12 @@ class Chat(anywidget.AnyWidget):
         if recorder is not None:
             recorder.report = self._conversation.report
             recorder.attach(self._conversation)
-            if recorder.stored.transcript.messages:  # the pane shows the history at once
+            # The pane shows the history at once; a tree whose active branch is empty
+            # (every turn undone) is still a history.
+            if recorder.stored.message_ids:
                 self._conversation.replace_transcript(recorder.stored.transcript)
         self.on_msg(self._on_pane_message)
-        _keep_pane_messages_on_their_subshell(self.comm)
+        keep_pane_messages_on_their_subshell(self.comm)
 
     @property
     def url(self) -> str:
@@ -300,6 +321,12 @@ class Chat(anywidget.AnyWidget):
                 self.reconnect()
             elif command.type == "tool_answer":
                 self.answer_tool(command.call, command.run)
+            elif command.type == "retry":
+                self.retry()
+            elif command.type == "edit":
+                self.edit(text=command.text, id=command.id)
+            elif command.type == "checkout":
+                self.checkout(command.id, sibling=command.sibling)
         except (ValueError, RuntimeError) as exc:
             self.error = str(exc)
 
@@ -327,6 +354,24 @@ class Chat(anywidget.AnyWidget):
         namespace, hidden = _user_namespace()
         attachments = gather(text, context, namespace, hidden)
         return self._conversation.send(text, context=attachments or None, **params)
+
+    def compare(
+        self, prompt: str, models: Models, context: object = None, **params: Any
+    ) -> Compare:
+        """Send ``prompt`` with this chat's history to each of ``models`` at once (names,
+        or Python functions as for ``model``; a dict gives each its own params); returns
+        a :class:`~nbchat.compare.Compare` at once: a pane of one column per model,
+        ``to_dataframe()``, and ``pick(model)`` to continue this chat with one answer.
+        ``context`` and ``@name`` attach objects as for :meth:`send`; ``params`` go over
+        the chat's. The chat's tools are not offered. Raises ``ValueError`` for an empty
+        prompt, no models, more than 16 or the same model twice, ``RuntimeError`` while
+        the chat has a reply running or queued, or once it is closed; an unknown model
+        errors in its column."""
+        attachments = None
+        if isinstance(prompt, str):  # Compare refuses anything else, saying why
+            namespace, hidden = _user_namespace()
+            attachments = gather(prompt, context, namespace, hidden) or None
+        return Compare(self, prompt, models, context=attachments, **params)
 
     def tool(self, fn: _Fn | None = None, *, name: str | None = None, confirm: bool = False) -> Any:
         """Let the model call ``fn``: ``@chat.tool``, ``@chat.tool(confirm=False)`` or
@@ -362,8 +407,10 @@ class Chat(anywidget.AnyWidget):
 
     @property
     def messages(self) -> list[dict[str, Any]]:
-        """The transcript: one dict per message (``role``, ``content``, ``model``,
-        ``finish``, timing, ...), as in :meth:`to_dataframe`. Read-only: copy a record
+        """The transcript's active branch: one dict per message (``role``, ``content``,
+        ``model``, ``finish``, timing, ``cost``, ``id``, ``parent``, ``branch``, ...), as
+        in :meth:`to_dataframe`, and ``sibling_index`` / ``sibling_count`` (its place
+        among the versions of it, for the pane's arrows). Read-only: copy a record
         before editing it."""
         return self._conversation.records()
 
@@ -413,7 +460,8 @@ class Chat(anywidget.AnyWidget):
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the conversation to a portable JSON file (format version
-        :data:`~nbchat.transcript.FORMAT_VERSION`); :meth:`load` reads it back."""
+        :data:`~nbchat.transcript.FORMAT_VERSION`: every branch, and which is active);
+        :meth:`load` reads it back, and files of version 1 too."""
         with self._conversation.lock:
             data = transcript_to_json(self._conversation.transcript)
         text = json.dumps(data, ensure_ascii=False, indent=1, allow_nan=False).encode("utf-8")
@@ -446,8 +494,10 @@ class Chat(anywidget.AnyWidget):
     @classmethod
     def from_dataframe(cls, frame: pd.DataFrame, **kwargs: Any) -> Chat:
         """A new Chat whose history is the rows of ``frame`` (from :meth:`to_dataframe`,
-        maybe filtered or edited; ``role`` and ``content`` are required). Other
-        arguments are as for ``Chat()``."""
+        maybe filtered or edited; ``role`` and ``content`` are required). Rows of
+        ``to_dataframe(all_branches=True)`` (each ``parent`` another row's ``id``) give
+        the tree back, the branch through the last row active; other rows are one line.
+        Other arguments are as for ``Chat()``."""
         import pandas as pd
 
         frame = frame.copy()
@@ -466,8 +516,9 @@ class Chat(anywidget.AnyWidget):
         transcript.system = kwargs["system"]
         chat = cls(**kwargs)
         try:
-            if chat._conversation.transcript.messages:  # a named one, resumed from disk
-                name, turns = chat.conversation, chat._conversation.transcript.turns
+            held = chat._conversation.transcript.tree()  # a named one, resumed from disk
+            if held:
+                name, turns = chat.conversation, sum(m.role == "user" for m in held)
                 raise ValueError(
                     f"a conversation named {name!r} exists already, with {turns} turns; "
                     "loading into it would mix two histories. Pick a new name, or "
@@ -479,11 +530,93 @@ class Chat(anywidget.AnyWidget):
             raise
         return chat
 
-    def to_dataframe(self) -> pd.DataFrame:
-        """The transcript as a pandas DataFrame, one row per message, with timing
-        (``first_token_s``, ``duration_s``, ``chunks``, ``tokens_per_s``) and usage."""
+    def to_dataframe(self, *, all_branches: bool = False) -> pd.DataFrame:
+        """The transcript as a pandas DataFrame, one row per message of the active
+        branch, with timing (``first_token_s``, ``duration_s``, ``chunks``,
+        ``tokens_per_s``), usage, ``cost`` (US dollars at :attr:`prices`; null for a
+        model without a price or a reply without usage) and the tree (``id``,
+        ``parent``, ``branch``). With ``all_branches=True``, every message of every
+        branch, each after its parent."""
         with self._conversation.lock:
-            return self._conversation.transcript.to_dataframe()
+            return self._conversation.transcript.to_dataframe(all_branches=all_branches)
+
+    @property
+    def prices(self) -> dict[str, tuple[float, float]]:
+        """Model name -> (input, output) US dollars per 1M tokens: what ``cost`` uses.
+        Set it to a table of yours (it goes over the built-in one, which prices only
+        ``demo``); every record's ``cost`` is worked out again."""
+        return dict(self._conversation.prices)
+
+    @prices.setter
+    def prices(self, value: Any) -> None:
+        self._conversation.set_prices(prices_with(value))
+
+    # --- branches -----------------------------------------------------------------
+
+    def retry(self, **params: Any) -> Reply:
+        """Ask for another reply to your last message; returns its :class:`Reply` at
+        once. The reply there stays, as a sibling on its own branch; the new one
+        becomes the active branch, which the next message continues. ``params`` as for
+        :meth:`send` (the demo model gives the same reply again unless ``seed=`` differs).
+        Raises ``RuntimeError`` while a reply runs or waits, ``ValueError`` when there is
+        no message of yours to answer."""
+        return self._conversation.retry(**params)
+
+    def edit(
+        self,
+        turn: int | None = None,
+        text: str | None = None,
+        *,
+        id: str | None = None,  # the pane's and the DataFrame's name for it
+        context: object = None,
+        **params: Any,
+    ) -> Reply:
+        """Send ``text`` as a new version of one of your earlier messages: turn
+        ``turn`` of the active branch, or the message ``id`` (any branch). It goes
+        beside the old one, on a new branch that becomes active (the old branch stays:
+        :meth:`checkout` goes back). Without ``context`` (as the pane's Edit), the old
+        message's attachments stay as they were sent, but for one whose ``@name`` the new
+        text no longer has; an ``@name`` it adds is attached as for :meth:`send`. With
+        ``context``, the attachments are that and the ``@names`` in ``text``, as for
+        :meth:`send`, in place of the old ones (``context=[]``: only the ``@names``').
+        Returns the :class:`Reply`. Raises ``ValueError`` for a turn or id there is
+        not, ``RuntimeError`` while a reply runs or waits."""
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError("edit needs the new text: chat.edit(turn=N, text='...')")
+        namespace, hidden = _user_namespace()
+        attachments = gather(text, context, namespace, hidden)
+        if context is None:
+            with self._conversation.lock:
+                try:
+                    old = self._conversation.transcript.user_message(turn=turn, message_id=id)
+                except ValueError:
+                    old = None  # the edit below says why
+            if old is not None:
+                attachments = _carried_over(old, text, attachments)
+        return self._conversation.edit(
+            text, turn=turn, message_id=id, context=attachments or None, **params
+        )
+
+    def undo(self) -> None:
+        """End the active branch before your last message and its reply: the next
+        message goes on from there (on a new branch). Nothing is deleted: it stays
+        reachable with :meth:`checkout`. Raises ``RuntimeError`` while a reply runs or
+        waits, ``ValueError`` when there is nothing to undo."""
+        self._conversation.undo()
+
+    def branches(self) -> list[Branch]:
+        """Every branch of the conversation, by number: ``branch``, ``leaf`` (its last
+        message's id), ``turns``, ``preview`` (the start of its last message of yours)
+        and ``active`` (the active branch is on it)."""
+        return self._conversation.branches()
+
+    def checkout(self, target: int | str | Branch, sibling: int | None = None) -> None:
+        """Make another branch active: ``target`` is a branch number (from
+        :meth:`branches`) or a message id (the newest branch through that message;
+        with ``sibling=N``, through that message's N-th version, 1-based, as the pane's
+        arrows do). The pane and the next message follow it. Raises ``ValueError`` for
+        a branch or message there is not, ``RuntimeError`` while a reply runs or waits."""
+        self._conversation.checkout(target, sibling=sibling)
 
     @property
     def system(self) -> str | None:
@@ -516,17 +649,8 @@ class Chat(anywidget.AnyWidget):
     def _ipython_display_(self) -> None:
         """Show the live pane, and after it the conversation's saved copy: what a saved
         notebook shows without a kernel, hidden while the pane is live."""
-        from IPython.display import display
-
-        bundle = self._repr_mimebundle_()
-        if bundle is not None:
-            data, metadata = bundle
-            if _in_kernel():
-                # What a saved notebook shows for the pane where widgets do not run: a
-                # repr taken now would be stale at once.
-                data = {**data, "text/plain": "nbchat chat pane (live widget)"}
-            display(data, metadata=metadata, raw=True)  # type: ignore[no-untyped-call]
-        if _in_kernel():  # a terminal would print every update of the copy anew
+        display_live(self, "nbchat chat pane (live widget)")
+        if in_kernel():  # a terminal would print every update of the copy anew
             self._saved.show()
 
     def __repr__(self) -> str:
@@ -545,6 +669,16 @@ class Chat(anywidget.AnyWidget):
         self.close()
 
 
+def _carried_over(old: Message, text: str, fresh: list[Attachment]) -> list[Attachment]:
+    """An edit's attachments when it names none: ``old``'s, but for those whose
+    ``@name`` ``text`` drops, then ``fresh`` ones (from ``text``'s ``@names``) for the
+    names ``text`` adds."""
+    before, after = set(mentions(old.content)), set(mentions(text))
+    kept = [cast(Attachment, dict(a)) for a in old.context or () if a["name"] not in before - after]
+    names = {a["name"] for a in kept}
+    return kept + [a for a in fresh if a["name"] in after - before and a["name"] not in names]
+
+
 def _user_namespace() -> tuple[dict[str, Any] | None, frozenset[str]]:
     """The IPython user namespace that ``@name`` resolves against, and the names it
     hides (``In``, ``Out``, ...); ``(None, ...)`` outside IPython: nothing resolves."""
@@ -556,20 +690,6 @@ def _user_namespace() -> tuple[dict[str, Any] | None, frozenset[str]]:
     if shell is None:
         return None, frozenset()
     return shell.user_ns, frozenset(getattr(shell, "user_ns_hidden", ()))
-
-
-def _keep_pane_messages_on_their_subshell(comm: object) -> None:
-    """Let pane commands run on the kernel subshell the front end sent them to.
-
-    JupyterLab >= 4.4 sends comm messages to a subshell when the kernel has them
-    (ipykernel >= 7), so Stop works while the main thread blocks in ``reply.wait()``.
-    But ipykernel 7.4 re-routes a comm's incoming messages to the subshell of the
-    comm's last outgoing message; ours go out from the client thread, parented to the
-    running cell on the main shell, which would queue a Stop behind the very cell it
-    should end. Returning the message's own subshell keeps it where the front end put it.
-    """
-    if hasattr(comm, "_reply_subshell_for"):
-        comm._reply_subshell_for = lambda _data, subshell_id: subshell_id
 
 
 class _TraitBridge(ConversationListener):
@@ -743,12 +863,6 @@ class _SavedCopyDisplay:
         conversation = self.chat._conversation
         with conversation.lock:
             return self.copy.bundle(conversation.transcript)
-
-
-def _in_kernel() -> bool:
-    from IPython.core.interactiveshell import InteractiveShell
-
-    return InteractiveShell.initialized() and hasattr(InteractiveShell.instance(), "kernel")
 
 
 def _running_cell() -> str | None:
