@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from nbchat.pricing import BUILTIN_PRICES, check_prices, cost, prices_with
+from nbchat.pricing import BUILTIN_PRICES, check_prices, cost, prices_with, token_count
 
 USAGE = {"prompt_tokens": 1_000, "completion_tokens": 500, "total_tokens": 1_500}
 
@@ -52,3 +52,11 @@ def test_user_prices_go_over_the_builtin_table() -> None:
 def test_a_bad_price_table_says_what_is_wrong(prices: object, says: str) -> None:
     with pytest.raises(ValueError, match=says):
         check_prices(prices)
+
+
+@pytest.mark.parametrize(
+    ("value", "count"),
+    [(0, 0), (11, 11), (-1, None), (True, None), (1.0, None), ("3", None), (None, None)],
+)
+def test_a_token_count_is_a_whole_number_of_zero_or_more(value: object, count: int | None) -> None:
+    assert token_count(value) == count

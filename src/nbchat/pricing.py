@@ -14,7 +14,7 @@ import math
 from collections.abc import Mapping
 from typing import Any, Final
 
-__all__ = ["BUILTIN_PRICES", "Prices", "check_prices", "cost", "prices_with"]
+__all__ = ["BUILTIN_PRICES", "Prices", "check_prices", "cost", "prices_with", "token_count"]
 
 Prices = Mapping[str, tuple[float, float]]
 
@@ -67,13 +67,15 @@ def cost(model: str | None, usage: Mapping[str, Any] | None, prices: Prices) -> 
     price = prices.get(model)
     if price is None and model.endswith(":latest"):
         price = prices.get(model.removesuffix(":latest"))
-    prompt, completion = _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
+    prompt = token_count(usage.get("prompt_tokens"))
+    completion = token_count(usage.get("completion_tokens"))
     if price is None or prompt is None or completion is None:
         return None
     return (prompt * price[0] + completion * price[1]) / PER_TOKENS
 
 
-def _count(value: Any) -> int | None:
-    """A token count, if ``value`` is one."""
+def token_count(value: Any) -> int | None:
+    """``value`` if it is a token count (a whole number of 0 or more, not a bool), else
+    ``None``: a provider's usage figure as it may be trusted."""
     ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
     return value if ok else None
