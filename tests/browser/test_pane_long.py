@@ -19,12 +19,12 @@ MS = int(TIMEOUT * 1000)
 
 Opener = Callable[..., Notebook]
 
-# 500 turns of varied shapes (paragraphs, a list, code), saved the way Chat.save
-# writes a conversation and loaded back: the pane receives 1,000 messages at once.
+# 500 turns of varied shapes (paragraphs, a list, code), written as a version 1 file
+# (one line, no message ids) and loaded back: the pane receives 1,000 messages at once.
 LONG_CHAT = """\
 import json
 from nbchat import Chat
-from nbchat.transcript import FORMAT, FORMAT_VERSION
+from nbchat.transcript import FORMAT
 
 def answer(turn):
     if turn % 10 == 0:
@@ -40,7 +40,7 @@ for turn in range(1, 501):
                      "model": "demo", "finish": "stop", "reply_id": f"r{turn}",
                      "duration_s": 1.0})
 with open("long-chat.json", "w") as f:
-    json.dump({"format": FORMAT, "version": FORMAT_VERSION, "system": None,
+    json.dump({"format": FORMAT, "version": 1, "system": None,
                "messages": messages}, f)
 chat = Chat.load("long-chat.json", tokens_per_s=40)
 chat"""
