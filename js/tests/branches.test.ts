@@ -2,17 +2,13 @@
 // Branches in the pane: Retry on the last reply, Edit on user messages, the siblings'
 // arrows, the commands they send, and messages keyed by id (a branch switch rebuilds
 // only the messages it changed).
-import type { AnyModel } from "@anywidget/types";
 import { afterEach, describe, expect, it } from "vitest";
 
 import { branchActions } from "../src/branches";
 import { messageKey } from "../src/messages";
-import type { ChatModel, MessageRecord } from "../src/model";
-import { LiveStream } from "../src/stream";
-import { TranscriptStore } from "../src/transcript";
-import { renderChat } from "../src/view";
+import type { MessageRecord } from "../src/model";
 import fixture from "../../tests/fixtures/pane.json";
-import { FakeModel } from "./fake-model";
+import { mountPane, mutations, unmountPanes } from "./pane-harness";
 
 /** A record of a kernel with branches: `id` is given, siblings default to none. */
 const user = (turn: number, over: Partial<MessageRecord> = {}): MessageRecord => ({
@@ -36,40 +32,11 @@ const old = (record: MessageRecord): MessageRecord => {
   return rest;
 };
 
-const cleanups: Array<() => void> = [];
 afterEach(() => {
-  cleanups.splice(0).forEach((cleanup) => cleanup());
-  document.body.replaceChildren();
+  unmountPanes();
 });
 
-function pane() {
-  const model = new FakeModel({
-    chat_id: "c1", status: "connected", status_detail: "", error: "",
-    models: ["demo"], model: "demo", active: {},
-  });
-  const stream = new LiveStream();
-  const transcript = new TranscriptStore();
-  const el = document.createElement("div");
-  document.body.appendChild(el);
-  cleanups.push(renderChat(model as unknown as AnyModel<ChatModel>, el, stream, transcript));
-  const root = el.querySelector(".nbchat") as HTMLElement;
-  const log = el.querySelector(".nbchat-log") as HTMLElement;
-  const items = () => Array.from(log.querySelectorAll<HTMLElement>(".nbchat-msg"));
-  const within = (node: Element | undefined, selector: string) =>
-    Array.from(node?.querySelectorAll<HTMLButtonElement>(selector) ?? []);
-  const apply = (from: number, records: MessageRecord[]) =>
-    transcript.apply({ type: "transcript", from, records: structuredClone(records) });
-  return { model, stream, root, log, items, within, apply };
-}
 
-function mutations(node: HTMLElement, act: () => void): MutationRecord[] {
-  const observer = new MutationObserver(() => undefined);
-  observer.observe(node, { subtree: true, childList: true, attributes: true, characterData: true });
-  act();
-  const records = observer.takeRecords();
-  observer.disconnect();
-  return records;
-}
 
 const key = (init: KeyboardEventInit) => new KeyboardEvent("keydown", { bubbles: true, cancelable: true, ...init });
 
@@ -104,7 +71,7 @@ describe("keys", () => {
   });
 
   it("rebuild only the message a checkout replaced, keeping the messages before it", () => {
-    const { apply, items, log } = pane();
+    const { apply, items, log } = mountPane();
     apply(0, conversation(2));
     const before = items();
     // The kernel switched turn 2's reply to its other sibling: same turn, new id.
@@ -123,7 +90,7 @@ describe("keys", () => {
   });
 
   it("keep a message's node when only its sibling count changes", () => {
-    const { apply, items } = pane();
+    const { apply, items } = mountPane();
     apply(0, conversation(1));
     const [question] = items();
     apply(0, [user(1, { sibling_count: 2 }), reply(1)]);
@@ -134,7 +101,7 @@ describe("keys", () => {
 
 describe("Retry", () => {
   it("is on the last reply only, once it ended, and moves to the new last reply", () => {
-    const { model, apply, items, within } = pane();
+    const { model, apply, items, within } = mountPane();
     apply(0, conversation(2));
     const retries = () => items().map((node) => within(node, ".nbchat-reply-retry").length);
     expect(retries()).toEqual([0, 0, 0, 1]);
@@ -148,7 +115,7 @@ describe("Retry", () => {
   });
 
   it("is on a reply that failed or was stopped too", () => {
-    const { apply, items, within } = pane();
+    const { apply, items, within } = mountPane();
     apply(0, [user(1), reply(1, { finish: "error", error: "boom" })]);
     expect(within(items()[1], ".nbchat-reply-retry")).toHaveLength(1);
     apply(1, [reply(1, { finish: "stopped" })]);
@@ -156,7 +123,7 @@ describe("Retry", () => {
   });
 
   it("sends retry, and nothing while a reply is in flight", () => {
-    const { model, apply, items, within, root } = pane();
+    const { model, apply, items, within, root } = mountPane();
     apply(0, conversation(1));
     const retry = within(items()[1], ".nbchat-reply-retry")[0] as HTMLButtonElement;
     expect(retry.textContent).toBe("Retry");
@@ -173,7 +140,7 @@ describe("Retry", () => {
   });
 
   it("goes and comes back with a reply in flight without touching any message", () => {
-    const { model, apply, log, root } = pane();
+    const { model, apply, log, root } = mountPane();
     apply(0, [user(1, { sibling_count: 2 }), reply(1, { sibling_count: 2 })]);
     const changed = mutations(log, () => {
       model.set("active", { reply: "r9", status: "pending" }); // chat.send() in a cell
@@ -184,7 +151,7 @@ describe("Retry", () => {
   });
 
   it("is not offered by a kernel without branches", () => {
-    const { apply, root } = pane();
+    const { apply, root } = mountPane();
     apply(0, [...conversation(1), user(2, { sibling_count: 2 }), reply(2)].map(old));
     expect(root.querySelectorAll(".nbchat-reply-retry, .nbchat-edit, .nbchat-siblings")).toHaveLength(0);
   });
@@ -192,7 +159,7 @@ describe("Retry", () => {
 
 describe("the siblings' arrows", () => {
   it("show ◀ i/n ▶ only on messages with siblings", () => {
-    const { apply, items, within } = pane();
+    const { apply, items, within } = mountPane();
     apply(0, [user(1, { sibling_index: 2, sibling_count: 2 }), reply(1, { sibling_index: 2, sibling_count: 3 }), user(2), reply(2)]);
     const positions = items().map((node) => node.querySelector(".nbchat-sibling-pos")?.textContent ?? null);
     expect(positions).toEqual(["2/2", "2/3", null, null]);
@@ -206,7 +173,7 @@ describe("the siblings' arrows", () => {
   });
 
   it("send checkout with the sibling's index, and are disabled at either end", () => {
-    const { model, apply, items, within } = pane();
+    const { model, apply, items, within } = mountPane();
     apply(0, [user(1), reply(1, { sibling_index: 2, sibling_count: 3 })]);
     const [prev, next] = within(items()[1], ".nbchat-sibling") as [HTMLButtonElement, HTMLButtonElement];
     prev.click();
@@ -224,7 +191,7 @@ describe("the siblings' arrows", () => {
   });
 
   it("send nothing while a reply is in flight", () => {
-    const { model, apply, items, within } = pane();
+    const { model, apply, items, within } = mountPane();
     apply(0, [user(1), reply(1, { sibling_index: 2, sibling_count: 2 })]);
     model.set("active", { reply: "r2", status: "streaming" });
     within(items()[1], ".nbchat-sibling")[0]?.click();
@@ -232,7 +199,7 @@ describe("the siblings' arrows", () => {
   });
 
   it("keep the keyboard's focus on the arrows of the message the switch brought", () => {
-    const { apply, items, within, log } = pane();
+    const { apply, items, within, log } = mountPane();
     apply(0, [user(1), reply(1, { sibling_index: 2, sibling_count: 2 })]);
     const prev = within(items()[1], ".nbchat-sibling")[0] as HTMLButtonElement;
     prev.focus();
@@ -251,7 +218,7 @@ describe("the siblings' arrows", () => {
 
 describe("Edit", () => {
   function editing() {
-    const p = pane();
+    const p = mountPane();
     p.apply(0, conversation(2));
     const question = p.items()[2] as HTMLElement;
     const edit = p.within(question, ".nbchat-edit")[0] as HTMLButtonElement;
@@ -261,7 +228,7 @@ describe("Edit", () => {
   }
 
   it("is on user messages only", () => {
-    const { apply, items, within } = pane();
+    const { apply, items, within } = mountPane();
     apply(0, conversation(2));
     expect(items().map((node) => within(node, ".nbchat-edit").length)).toEqual([1, 0, 1, 0]);
   });
@@ -372,7 +339,7 @@ describe("Edit", () => {
 
 describe("the commands", () => {
   it("are shaped as the golden frames the kernel's parser is tested with", () => {
-    const { model, apply, items, within } = pane();
+    const { model, apply, items, within } = mountPane();
     apply(0, [user(1), reply(1, { sibling_index: 2, sibling_count: 2 })]);
     within(items()[1], ".nbchat-reply-retry")[0]?.click();
     within(items()[1], ".nbchat-sibling")[0]?.click();

@@ -1,16 +1,12 @@
 // @vitest-environment jsdom
 // The conversation's DOM: built once per message and kept (keyed), the reply in flight
 // streamed through MarkdownStream, and a long conversation as a virtual list.
-import type { AnyModel } from "@anywidget/types";
 import { afterEach, describe, expect, it, vi } from "vitest";
 
 import { MarkdownStream } from "../src/incremental";
 import { messageKey } from "../src/messages";
-import type { ChatModel, MessageRecord } from "../src/model";
-import { LiveStream } from "../src/stream";
-import { TranscriptStore } from "../src/transcript";
-import { renderChat } from "../src/view";
-import { FakeModel } from "./fake-model";
+import type { MessageRecord } from "../src/model";
+import { mountPane, mutations, unmountPanes } from "./pane-harness";
 
 const user = (turn: number, content = `question ${turn}`): MessageRecord => ({
   turn, role: "user", content, model: null, finish: null, error: null, reply_id: null,
@@ -25,44 +21,16 @@ const reply = (turn: number, over: Partial<MessageRecord> = {}): MessageRecord =
 const conversation = (turns: number): MessageRecord[] =>
   Array.from({ length: turns }, (_, i) => [user(i + 1), reply(i + 1)]).flat();
 
-const cleanups: Array<() => void> = [];
 afterEach(() => {
-  cleanups.splice(0).forEach((cleanup) => cleanup());
-  document.body.replaceChildren();
+  unmountPanes();
   vi.restoreAllMocks();
 });
 
-function pane() {
-  const model = new FakeModel({
-    chat_id: "c1", status: "connected", status_detail: "", error: "",
-    models: ["demo"], model: "demo", active: {},
-  });
-  const stream = new LiveStream();
-  const transcript = new TranscriptStore();
-  const el = document.createElement("div");
-  document.body.appendChild(el);
-  cleanups.push(renderChat(model as unknown as AnyModel<ChatModel>, el, stream, transcript));
-  const log = el.querySelector(".nbchat-log") as HTMLElement;
-  const items = () => Array.from(log.querySelectorAll<HTMLElement>(".nbchat-msg"));
-  const item = (text: string) => items().find((node) => node.querySelector(".nbchat-body")?.textContent?.trim() === text);
-  const apply = (from: number, records: MessageRecord[]) =>
-    transcript.apply({ type: "transcript", from, records: structuredClone(records) });
-  return { model, stream, transcript, el, log, items, item, apply };
-}
 
-/** What changes under `log` while `act` runs. */
-function mutations(log: HTMLElement, act: () => void): MutationRecord[] {
-  const observer = new MutationObserver(() => undefined);
-  observer.observe(log, { subtree: true, childList: true, attributes: true, characterData: true });
-  act();
-  const records = observer.takeRecords();
-  observer.disconnect();
-  return records;
-}
 
 describe("keyed messages", () => {
   it("keep their DOM node through later turns and changes of the reply in flight", () => {
-    const { model, stream, apply, items } = pane();
+    const { model, stream, apply, items } = mountPane();
     apply(0, conversation(2));
     const before = items();
     expect(before).toHaveLength(4);
@@ -85,7 +53,7 @@ describe("keyed messages", () => {
   });
 
   it("keep an opened chip open when its picture line changes", () => {
-    const { apply, items } = pane();
+    const { apply, items } = mountPane();
     const figure = {
       name: "fig", kind: "matplotlib Figure", summary: "1 axes", text: "A figure.",
       image: "data:image/png;base64,iVBORw0KGgo=", picture: "picture sent to demo",
@@ -99,7 +67,7 @@ describe("keyed messages", () => {
   });
 
   it("touch only the new message on an append", () => {
-    const { apply, log, items } = pane();
+    const { apply, log, items } = mountPane();
     apply(0, conversation(3));
     const changed = mutations(log, () => apply(6, [user(4)]));
     const added = items()[6] as HTMLElement;
@@ -114,7 +82,7 @@ describe("keyed messages", () => {
   });
 
   it("update only the replies the change of the reply in flight concerns", () => {
-    const { model, apply, log, items } = pane();
+    const { model, apply, log, items } = mountPane();
     apply(0, [...conversation(3), user(4), reply(4, { content: "", finish: null })]);
     model.set("active", { reply: "r4", status: "streaming" });
     const live = items()[7] as HTMLElement;
@@ -126,7 +94,7 @@ describe("keyed messages", () => {
   });
 
   it("keep the reply in flight when a tool call is inserted before it", () => {
-    const { model, apply, items } = pane();
+    const { model, apply, items } = mountPane();
     model.set("active", { reply: "r1", status: "streaming" });
     apply(0, [user(1), reply(1, { content: "", finish: null })]);
     const [question, answer] = items();
@@ -142,7 +110,7 @@ describe("keyed messages", () => {
   });
 
   it("tell apart messages whose keys would be the same, and go on a Clear", () => {
-    const { apply, items, el } = pane();
+    const { apply, items, el } = mountPane();
     expect(messageKey(user(1))).toBe("user:1");
     expect(messageKey(reply(1))).toBe("reply:r1");
     apply(0, [user(1, "one"), user(1, "two"), user(1, "three")]); // e.g. a loaded file
@@ -163,7 +131,7 @@ describe("the reply in flight", () => {
   it("streams through MarkdownStream and keeps its DOM when the finished record matches", () => {
     const update = vi.spyOn(MarkdownStream.prototype, "update");
     const finish = vi.spyOn(MarkdownStream.prototype, "finish");
-    const { model, stream, apply } = pane();
+    const { model, stream, apply } = mountPane();
     model.set("active", { reply: "r1", status: "pending" });
     apply(0, [user(1), reply(1, { content: "", finish: null })]);
     const first = "A first paragraph.\n\n";
@@ -186,7 +154,7 @@ describe("the reply in flight", () => {
   });
 
   it("gives a streamed code block its bar with the Copy button", () => {
-    const { model, stream, apply } = pane();
+    const { model, stream, apply } = mountPane();
     model.set("active", { reply: "r1", status: "streaming" });
     apply(0, [user(1), reply(1, { content: "", finish: null })]);
     const text = "Code:\n\n```python\nprint('hi')\n";
@@ -200,7 +168,7 @@ describe("the reply in flight", () => {
   });
 
   it("is rendered whole when the finished record says more than the stream showed", () => {
-    const { model, stream, apply } = pane();
+    const { model, stream, apply } = mountPane();
     model.set("active", { reply: "r1", status: "streaming" });
     apply(0, [user(1), reply(1, { content: "", finish: null })]);
     stream.apply({ type: "chunk", reply: "r1", offset: 0, text: "Partial" });
@@ -258,7 +226,7 @@ async function scrollTo(log: HTMLElement, y: number): Promise<void> {
 
 describe("a long conversation", () => {
   it("has only the messages near the viewport in the DOM, and the newest at the bottom", () => {
-    const { apply, items, log } = pane();
+    const { apply, items, log } = mountPane();
     fakeLayout(log);
     apply(0, conversation(500)); // 1,000 messages
     expect(log.hasAttribute("data-virtual")).toBe(true);
@@ -268,7 +236,7 @@ describe("a long conversation", () => {
   });
 
   it("renders the messages scrolled to, keeps the reader's place, and jumps back", async () => {
-    const { apply, items, item, log, el } = pane();
+    const { apply, items, item, log, el } = mountPane();
     const layout = fakeLayout(log);
     apply(0, conversation(500));
     const jump = el.querySelector(".nbchat-jump") as HTMLButtonElement;
@@ -303,7 +271,7 @@ describe("a long conversation", () => {
   });
 
   it("streams a new reply at the bottom", () => {
-    const { model, stream, apply, log } = pane();
+    const { model, stream, apply, log } = mountPane();
     fakeLayout(log);
     apply(0, conversation(500));
     model.set("active", { reply: "r501", status: "streaming" });

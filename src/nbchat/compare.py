@@ -251,11 +251,7 @@ class Compare(anywidget.AnyWidget):
         # and then a pick would answer another history. Checked under the lock, where
         # a reply starts and ends: a reply running would be sent half written.
         with base.lock:
-            _check_open(chat)
-            if base.current is not None:
-                raise RuntimeError(
-                    "the chat has a reply running; wait for it or stop it, then compare"
-                )
+            _check_idle(chat, "compare")
             transcript = copy.deepcopy(base.transcript)
             self._history = transcript.history()
         super().__init__(prompt=prompt, columns=[_column_state(name) for name, _ in names])
@@ -440,11 +436,7 @@ class Compare(anywidget.AnyWidget):
         user, answer = self._turn(column)
         conversation = chat._conversation
         with conversation.lock:
-            _check_open(chat)
-            if conversation.current is not None:
-                raise RuntimeError(
-                    "the chat has a reply running; wait for it or stop it, then pick"
-                )
+            _check_idle(chat, "pick")
             transcript = conversation.transcript
             if transcript.history() != self._history:
                 raise RuntimeError(
@@ -613,10 +605,13 @@ class Compare(anywidget.AnyWidget):
                 column.conversation.close()
 
 
-def _check_open(chat: Chat) -> None:
-    """Raise ``RuntimeError`` once ``chat`` is closed."""
+def _check_idle(chat: Chat, then: str) -> None:
+    """Raise ``RuntimeError`` once ``chat`` is closed, or while it has a reply running
+    or queued (which would go half written into the history). Under its lock."""
     if chat._conversation._closing:
         raise RuntimeError("this chat is closed; create a new Chat() to compare and pick")
+    if chat._conversation.current is not None:
+        raise RuntimeError(f"the chat has a reply running; wait for it or stop it, then {then}")
 
 
 def _column_conversation(
