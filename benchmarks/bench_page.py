@@ -24,6 +24,10 @@ Cases (``--list`` names them)
     nbchat-N@R     a reply of N tokens (1,000, 5,000, 15,000 ~ 100k characters) at R
                    tokens/s (100, 1,000, max = as fast as the server can write).
                    nbchat-15000@100 takes 150 s and runs only with --full.
+    floor-N@R      the floor: the same stream, batched by nbchat's own rule, each batch
+                   a comm message to a 15-line anywidget that appends it as plain text
+                   to a scrolling box. What JupyterLab and the browser cost per update
+                   before a pane renders anything (1,000 @ 100 and 1,000; 5,000 @ 100).
     panel-1000@R   Panel's ChatFeed on the same stream, the way a Panel user writes it:
                    the openai SDK in the kernel, ``feed.stream(token, message=msg)`` per
                    token (Panel is a benchmark-only dependency: pip install -e .[bench]).
@@ -66,7 +70,8 @@ How each figure is measured
     main ms/reply   CDP ``Performance.getMetrics`` TaskDuration of the page's main
                     thread, from just before the send until settled, less the
                     observer's own time (the observer times itself with
-                    performance.now()).
+                    performance.now()). The same over 3 s of the idle page before
+                    each reply is printed as ms per second: it is in every figure.
     ms/update       Chrome tracing (RunTask events on the page's main thread) over the
                     reply. Each DOM update (observer batch) owns the task it ran in and
                     every task after it until the next update's task: its script, the
@@ -151,6 +156,7 @@ from conftest import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, LabServer, Notebook, ru
 MARKER_EVERY = 10  # about one marker word per this many tokens
 MARKER = re.compile(r"w(\d{5})")
 SETTLE_QUIET_MS = 1000  # the page has settled: this long without a mutation in the chat
+IDLE_MS = 3000  # the idle page is measured for this long before each reply
 STUCK_MS = 10_000  # after the kernel's end, this long without a mutation: it never will
 IOPUB_WARNING = re.compile(r"IOPub (?:message|data) rate exceeded")
 TRACE_CATEGORIES = os.environ.get(
@@ -385,6 +391,65 @@ def stream_panel(feed, prompt, out, base_url):
         arrivals.append((time.time(), length))
         parts.append(delta)
         message = feed.stream(delta, user="bench", message=message)
+    _dump(out, sent_at=sent_at, ended_at=time.time(), arrivals=arrivals,
+          text="".join(parts), status="done", error=None)
+
+
+FLOOR_ESM = """
+export default { render({ model, el }) {
+  const box = document.createElement("div");
+  box.className = "bench-floor";
+  box.style.cssText = "min-height:120px;max-height:480px;overflow-y:auto;white-space:pre-wrap;"
+    + "padding:8px 10px;border:1px solid #ccc;font-size:14px";
+  el.append(box);
+  model.on("msg:custom", (m) => {
+    if (m.text) box.append(m.text);
+    if (m.done) box.dataset.done = "true";
+    if (box.scrollTop < box.scrollHeight - box.clientHeight) box.scrollTop = box.scrollHeight;
+  });
+} };
+"""
+
+
+def floor_pane():
+    """The least a widget can do with a stream: append each batch as plain text."""
+    import anywidget
+
+    class Floor(anywidget.AnyWidget):
+        _esm = FLOOR_ESM
+
+    return Floor()
+
+
+def stream_floor(pane, prompt, out, base_url):
+    """The same stream, batched by nbchat's own rule (pane.StreamBatcher: at most 20 a
+    second, fewer when text trickles), each batch a comm message to the floor pane."""
+    import openai
+    from nbchat.pane import StreamBatcher
+
+    client = openai.OpenAI(base_url=base_url, api_key="bench")
+    batcher = StreamBatcher()
+    batcher.begin("floor")
+    sent_at = time.time()
+    arrivals, parts, length = [], [], 0
+    stream = client.chat.completions.create(
+        model="bench", messages=[{"role": "user", "content": prompt}], stream=True
+    )
+    for chunk in stream:
+        delta = chunk.choices[0].delta.content if chunk.choices else None
+        if not delta:
+            continue
+        length += len(delta)
+        arrivals.append((time.time(), length))
+        parts.append(delta)
+        batcher.add(delta)
+        now = time.monotonic()
+        if batcher.due(now) <= now:
+            message = batcher.take(now)
+            if message:
+                pane.send({"text": message["text"]})
+    message = batcher.take(time.monotonic())
+    pane.send({"text": message["text"] if message else "", "done": True})
     _dump(out, sent_at=sent_at, ended_at=time.time(), arrivals=arrivals,
           text="".join(parts), status="done", error=None)
 
@@ -826,7 +891,7 @@ def stream_figures(
 @dataclass(frozen=True)
 class Case:
     name: str
-    kind: str  # "nbchat", "panel", "chat-1000", "build"
+    kind: str  # "nbchat", "panel", "floor", "chat-1000", "build"
     tokens: int = 0
     rate: int = 0  # tokens/s; 0 = as fast as possible
     size: int = 0  # messages (chat-1000) or turns (build)
@@ -842,6 +907,7 @@ def all_cases(full: bool, quick: bool) -> list[Case]:
             Case("nbchat-1000@1000", "nbchat", 1000, 1000),
             Case("nbchat-1000@max", "nbchat", 1000, 0),
             Case("panel-1000@1000", "panel", 1000, 1000),
+            Case("floor-1000@1000", "floor", 1000, 1000),
             Case("chat-1000", "chat-1000", 500, 100, size=1000),
             Case("build-100", "build", 40, 0, size=100),
         ]
@@ -853,6 +919,8 @@ def all_cases(full: bool, quick: bool) -> list[Case]:
             cases.append(Case(f"nbchat-{tokens}@{rate_label(rate)}", "nbchat", tokens, rate))
     for rate in (100, 1000, 0):
         cases.append(Case(f"panel-1000@{rate_label(rate)}", "panel", 1000, rate))
+    for tokens, rate in ((1000, 100), (1000, 1000), (5000, 100)):
+        cases.append(Case(f"floor-{tokens}@{rate_label(rate)}", "floor", tokens, rate))
     cases.append(Case("chat-1000", "chat-1000", 500, 100, size=1000))
     cases.append(Case("build-500", "build", 40, 0, size=500))
     return cases
@@ -887,6 +955,14 @@ class Bench:
         expected = "".join(reply_tokens(tokens, 1))
         last_marker = max(marker_ends(expected))
         page.page.wait_for_timeout(1000)  # let the page finish what came before
+        # The page's own main-thread time while nothing streams (JupyterLab's timers,
+        # the kernel's status): what any reply's time includes.
+        idle_from = page.main_thread()
+        page.page.wait_for_timeout(IDLE_MS)
+        idle = page.main_thread()
+        fig.extra["idle_main_ms_per_s"] = (
+            (idle["TaskDuration"] - idle_from["TaskDuration"]) * 1e6 / IDLE_MS
+        )
         page.page.evaluate("([el, deep]) => __bench.start(el, deep)", [scope, deep])
         offset = page.clock_offset_ms()
         first, sockets = page.mark(), len(page.kernel_sockets)
@@ -1033,6 +1109,42 @@ class Bench:
             page.close()
         return fig
 
+    def floor_reply(self, case: Case) -> Figures:
+        """The floor: the same stream into a widget that only appends plain text."""
+        fig = Figures(case.name)
+        out = self._out(case.name)
+        prompt = f"tokens={case.tokens} rate={case.rate} seed=1"
+        url = self.server.base_url
+        page = Page(
+            self.browser,
+            self.lab,
+            f"{case.name}.ipynb",
+            [
+                self._setup() + "pane = bk.floor_pane()\npane",
+                "warm_up = bk.floor_pane()\ndisplay(warm_up)\n"
+                f"bk.stream_floor(warm_up, {WARM_UP!r}, {str(out) + '.warm-up'!r}, {url!r})",
+                f"bk.stream_floor(pane, {prompt!r}, {str(out)!r}, {url!r})",
+            ],
+        )
+        try:
+            page.run(0, timeout_s=60)
+            box = page.nb.cells().nth(0).locator("div.bench-floor").first
+            box.wait_for(state="attached")
+            page.run(1, timeout_s=120)
+            done = (
+                "document.querySelectorAll('.jp-Notebook .jp-Cell')[0]"
+                "?.querySelector('div.bench-floor')?.dataset.done === 'true'"
+            )
+            self.measure_reply(
+                page, fig, 2, box.element_handle(), False, done, case.tokens, case.rate, out
+            )
+            shown = page.page.evaluate("el => el.textContent", box.element_handle())
+            fig.lost_chars = len("".join(reply_tokens(case.tokens, 1))) - len(shown)
+            fig.iopub_warnings = page.iopub_warnings()
+        finally:
+            page.close()
+        return fig
+
     def long_chat(self, case: Case) -> Figures:
         """Load a chat of case.size messages; then stream a new reply into it."""
         fig = Figures(case.name)
@@ -1168,6 +1280,7 @@ class Bench:
         method = {
             "nbchat": self.nbchat_reply,
             "panel": self.panel_reply,
+            "floor": self.floor_reply,
             "chat-1000": self.long_chat,
             "build": self.build,
         }[case.kind]
@@ -1387,6 +1500,32 @@ def print_report(figures: dict[str, Figures], goals: list[Target]) -> None:
                 a, b = pick(figures[ours]), pick(figures[theirs])
                 parts.append(f"{label} {a / b:.2f}" if a is not None and b else f"{label} -")
             print(f"  {ours.removeprefix('nbchat-'):>10}: " + ", ".join(parts))
+    floors = [
+        (n, "floor-" + n.removeprefix("nbchat-"))
+        for n in figures
+        if n.startswith("nbchat-") and "floor-" + n.removeprefix("nbchat-") in figures
+    ]
+    if floors:
+        print(
+            "\nnbchat against the floor (the same stream and batching into a widget that"
+            " only appends plain text: JupyterLab's and the browser's share of each update)"
+        )
+        for ours, floor in floors:
+            a, b = figures[ours], figures[floor]
+            print(
+                f"  {ours.removeprefix('nbchat-'):>10}: ms/update first/last 10% "
+                f"{fmt(a.update_ms_first10)}/{fmt(a.update_ms_last10)} vs "
+                f"{fmt(b.update_ms_first10)}/{fmt(b.update_ms_last10)}; main ms per reply "
+                f"{fmt(a.main_ms_per_reply, 0)} vs {fmt(b.main_ms_per_reply, 0)}"
+            )
+    idle = [
+        f.extra["idle_main_ms_per_s"] for f in figures.values() if "idle_main_ms_per_s" in f.extra
+    ]
+    if idle:
+        print(
+            f"\nthe idle page (before each reply, {IDLE_MS / 1000:.0f} s): main thread "
+            f"{min(idle):.0f} to {max(idle):.0f} ms per second, included in main ms"
+        )
     print("\ntargets (nbchat)")
     for goal in goals:
         mark = "not run" if goal.met is None else ("met" if goal.met else "MISSED")
