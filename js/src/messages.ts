@@ -65,6 +65,7 @@ export class MessageList {
   private hint: HTMLElement | null = null;
   private active: ActiveReply;
   private virtual = false;
+  private full = false; // the log's height is fixed and contained (see bound())
   private pending: number | null = null; // a scheduled layout
   private readonly observer: ResizeObserver | null = null;
 
@@ -112,6 +113,8 @@ export class MessageList {
       this.heights.push(this.measured.get(key) ?? estimateHeight(record));
     }
     for (const key of removed.keys()) this.measured.delete(key);
+    // Messages changed or went: the conversation may now fit without scrolling.
+    if (removed.size > 0) this.unbound();
     this.layout();
     if (focus !== null) this.restoreFocus(focus);
   }
@@ -193,7 +196,24 @@ export class MessageList {
 
   private follow(): void {
     if (this.options.scroll.following) scrollToEnd(this.log);
+    this.bound();
     this.options.moved();
+  }
+
+  /** Once the messages overflow the log, fix its height at its maximum and contain it
+   * (widget.css `[data-full]`): the layout of a growing reply then stops at the log
+   * instead of going through the notebook's, at every update. scrollToEnd has just
+   * laid the log out, so reading its size here costs nothing more. */
+  private bound(): void {
+    if (this.full || this.log.scrollHeight <= this.log.clientHeight + 1) return;
+    this.full = true;
+    this.log.toggleAttribute("data-full", true);
+  }
+
+  private unbound(): void {
+    if (!this.full) return;
+    this.full = false;
+    this.log.toggleAttribute("data-full", false);
   }
 
   /** Bring the DOM to the entries: which are in it (all, or those near the viewport),
@@ -242,6 +262,7 @@ export class MessageList {
         if (Math.abs(log.scrollTop - target) >= 1) log.scrollTop = target;
       }
     }
+    this.bound();
     this.options.moved();
   }
 

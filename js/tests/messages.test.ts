@@ -224,6 +224,25 @@ async function scrollTo(log: HTMLElement, y: number): Promise<void> {
   await new Promise((resolve) => requestAnimationFrame(resolve));
 }
 
+describe("the log's height", () => {
+  it("is fixed and contained once the messages overflow it, and free again when they go", () => {
+    const { model, stream, apply, log } = mountPane();
+    fakeLayout(log); // 50 px a message, 480 px of log
+    apply(0, conversation(2));
+    expect(log.hasAttribute("data-full")).toBe(false); // 200 px: the log is as tall as they are
+    model.set("active", { reply: "r3", status: "streaming" });
+    apply(4, [user(3), reply(3, { content: "", finish: null })]);
+    expect(log.hasAttribute("data-full")).toBe(false); // 300 px
+    apply(6, conversation(6).slice(6)); // 600 px
+    expect(log.hasAttribute("data-full")).toBe(true);
+    stream.apply({ type: "chunk", reply: "r3", offset: 0, text: "More" });
+    expect(log.hasAttribute("data-full")).toBe(true);
+    expect(log.scrollTop).toBe(log.scrollHeight - log.clientHeight); // still following
+    apply(0, []); // Clear
+    expect(log.hasAttribute("data-full")).toBe(false);
+  });
+});
+
 describe("a long conversation", () => {
   it("has only the messages near the viewport in the DOM, and the newest at the bottom", () => {
     const { apply, items, log } = mountPane();

@@ -201,6 +201,41 @@ def test_a_second_view_shown_mid_stream_catches_up(open_notebook: Opener, lab: L
     assert "Two views of one chat" in second
 
 
+def test_a_full_log_keeps_its_height_and_follows_the_stream(
+    open_notebook: Opener, lab: LabServer
+) -> None:
+    """Once the messages overflow the log it is fixed at its maximum and contained (a
+    layout boundary, for speed): the stream must still be followed, and a Clear must
+    give the log back its natural height."""
+    nb = open_notebook(
+        lab.notebook(
+            "full-log.ipynb",
+            "from nbchat import Chat\nchat = Chat(tokens_per_s=0)\n"
+            "for i in range(5):\n    chat.send(f'Filling the log, turn {i}').wait()\nchat",
+            "chat.tokens_per_s = 40\nreply = chat.send('Stream into a full log')",
+            "reply.wait()\nchat.clear()",
+        )
+    )
+    nb.run_cell(0)
+    log = pane(nb).locator(".nbchat-log")
+    nb.page.locator(".nbchat-log[data-full]").wait_for(state="attached", timeout=3 * MS)
+    height = log.evaluate("el => el.getBoundingClientRect().height")
+    assert 470 <= height <= 500, f"a full log is {height} px high"
+    nb.run_cell(1)
+    wait_user_message(nb, "Stream into a full log")
+    for seen in (40, 120):
+        wait_length_above(nb, seen)
+        gap = log.evaluate(
+            "el => el.getBoundingClientRect().bottom"
+            " - el.lastElementChild.previousElementSibling.getBoundingClientRect().bottom"
+        )
+        assert gap >= -1, f"the reply's end is {-gap:.0f} px below the log's: not followed"
+    assert log.evaluate("el => el.hasAttribute('data-full')")
+    nb.run_cell(2)
+    nb.page.locator(".nbchat-log:not([data-full])").wait_for(state="attached", timeout=3 * MS)
+    assert log.evaluate("el => el.getBoundingClientRect().height") < 300
+
+
 def test_screenshots_in_light_and_dark_themes(open_notebook: Opener, lab: LabServer) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     name = lab.notebook(
