@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from nbchat.gateway import EmbeddedGateway, Gateway
+from nbchat.gateway.limits import GatewayLimits
 from nbchat.gateway.redis_store import RedisStore
 
 from redis_server import RedisServer
@@ -27,6 +28,27 @@ def test_random_chaos_loses_nothing_and_never_hangs(embedded: EmbeddedGateway, s
     print("\n" + result.line())
     assert result.cuts >= 100
     assert result.stalls >= 3
+    assert result.clean, result.line()
+
+
+WINDOW_SEEDS = int(os.environ.get("NBCHAT_STRESS_WINDOW_SEEDS", "3"))
+
+
+@pytest.mark.stress
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("seed", range(FIRST_SEED, FIRST_SEED + WINDOW_SEEDS))
+def test_random_chaos_with_a_delta_window(seed: int) -> None:
+    # Text held for the window when a cut, a stop or a pause comes must still arrive,
+    # once, in order (nbchat serve --delta-window-ms).
+    gateway = EmbeddedGateway(
+        Gateway(token="soak", limits=GatewayLimits(delta_window_s=0.05))
+    ).start()
+    try:
+        result = run_soak(gateway, seed)
+    finally:
+        gateway.close()
+    print("\n" + result.line())
+    assert result.cuts >= 100
     assert result.clean, result.line()
 
 

@@ -34,6 +34,10 @@ class GatewayLimits:
     # How long the gateway waits for the results of a round of tool calls (the tool
     # runs in the client's kernel): then the reply ends with tool_error.
     tool_result_s: float = 600.0
+    # A reply's text that arrives within this long of its last delta waits and goes
+    # with it as one delta (coalesce.py): fewer frames per token under load, at the cost
+    # of up to this much delay. 0: every chunk goes as it comes.
+    delta_window_s: float = 0.0
 
 
 class FrameRate:

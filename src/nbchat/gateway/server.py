@@ -53,6 +53,7 @@ from ..protocol import (
 )
 from ..session import RESUME_GAP, GatewaySession, LogLimits, SessionError
 from .auth import SessionNotYours, install_log_redaction, origin_refusal, token_matches
+from .coalesce import DeltaCoalescer, Kind
 from .limits import FrameRate, GatewayLimits
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import GatewayMetrics, ended_as
@@ -576,6 +577,35 @@ class Gateway:
         def elapsed() -> dict[str, Any]:
             return {**timing, "duration_s": round(loop.time() - began, 6)}
 
+        coalescer = DeltaCoalescer(self.limits.delta_window_s)
+        timer: asyncio.TimerHandle | None = None
+
+        def send(deltas: list[tuple[Kind, str]]) -> None:
+            for kind, text in deltas:
+                live.emit(live.state.delta(reply, text, kind))
+
+        def held_text_due() -> None:
+            nonlocal timer
+            timer = None
+            if reply in live.state.unfinished():  # else it was ended elsewhere, and flushed
+                send(coalescer.flush(loop.time()))
+
+        def add(kind: Kind, text: str) -> None:
+            nonlocal timer
+            send(coalescer.add(kind, text, loop.time()))
+            if timer is None and (due := coalescer.due()) is not None:
+                timer = loop.call_at(due, held_text_due)
+
+        def flush() -> None:
+            """Send the held text now: before a tool call or the reply's end."""
+            nonlocal timer
+            if timer is not None:
+                timer.cancel()
+                timer = None
+            held = coalescer.flush(loop.time())
+            if held and reply in live.state.unfinished():
+                send(held)
+
         try:
             messages, rounds, usage = request.messages, 0, None
             spoke = False  # text was sent: a later round's text starts a new paragraph
@@ -590,13 +620,13 @@ class Gateway:
                         # Provider text is outside input: made sendable, never refused.
                         text = valid_unicode(item.text)
                         if isinstance(item, ReasoningChunk):
-                            live.emit(live.state.delta(reply, text, "reasoning"))
+                            add("reasoning", text)
                         else:
                             said.append(text)
                             if gap and text:
                                 text, gap = "\n\n" + text, False
                             spoke = spoke or bool(text)
-                            live.emit(live.state.delta(reply, text))
+                            add(None, text)
                     elif isinstance(item, ToolCalls):
                         uses = item.calls
                     elif isinstance(item, Finish):
@@ -604,6 +634,7 @@ class Gateway:
                 if finish is None:
                     raise ProviderError("upstream_error", "the provider ended without finishing")
                 usage = _added(usage, finish.usage)
+                flush()
                 if not uses:
                     end = live.state.finish(reply, finish.reason, usage=usage, timing=elapsed())
                     live.emit(end)
@@ -622,6 +653,7 @@ class Gateway:
                 messages = (*messages, ChatMessage("assistant", "".join(said)), *results)
         except asyncio.CancelledError:
             # The partial text stays either way; only the user's stop is a "stopped".
+            flush()
             if reply in live.stopping:
                 live.emit(live.state.finish(reply, "stopped", timing=elapsed()))
             elif reply in live.end_errors:
@@ -632,6 +664,7 @@ class Gateway:
                     live.state.finish(reply, "error", timing=elapsed(), error=shutdown_error())
                 )
         except ProviderError as exc:
+            flush()
             error = Error(
                 code=exc.code,
                 message=valid_unicode(exc.message),
@@ -640,6 +673,7 @@ class Gateway:
             live.emit(live.state.finish(reply, "error", timing=elapsed(), error=error))
         except Exception as exc:  # a provider bug must not take the gateway down
             log.exception("provider failed on reply %r", reply)
+            flush()
             error = Error(
                 code="upstream_error",
                 message=valid_unicode(f"the provider failed: {type(exc).__name__}: {exc}"),

@@ -1,0 +1,168 @@
+"""DeltaCoalescer: fewer delta frames, never text held past its window, never reordered."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from typing import Any
+
+from websockets.asyncio.client import connect
+
+from nbchat.gateway import Gateway
+from nbchat.gateway.coalesce import DeltaCoalescer, Kind
+from nbchat.gateway.limits import GatewayLimits
+from test_gateway import recv
+
+
+def test_a_zero_window_sends_every_chunk_as_it_comes() -> None:
+    c = DeltaCoalescer(0.0)
+    assert c.add(None, "a", 0.0) == [(None, "a")]
+    assert c.add(None, "b", 0.0) == [(None, "b")]
+    assert c.due() is None
+
+
+def test_the_first_text_goes_at_once_and_later_text_waits_for_the_window() -> None:
+    c = DeltaCoalescer(0.05)
+    assert c.add(None, "Hello", 10.0) == [(None, "Hello")]
+    assert c.add(None, " wor", 10.01) == []
+    assert c.add(None, "ld", 10.02) == []
+    assert c.due() == 10.05
+    assert c.flush(10.05) == [(None, " world")]
+    assert c.due() is None
+    assert c.add(None, "!", 10.2) == [(None, "!")]  # a quiet window since: at once
+
+
+def test_text_after_a_flush_waits_a_window_from_that_flush() -> None:
+    c = DeltaCoalescer(0.05)
+    c.add(None, "a", 0.0)
+    c.add(None, "b", 0.01)
+    c.flush(0.05)
+    assert c.add(None, "c", 0.06) == []
+    assert c.due() == 0.1
+
+
+def test_reasoning_and_answer_stay_apart_and_in_order() -> None:
+    c = DeltaCoalescer(0.05)
+    assert c.add("reasoning", "think", 0.0) == [("reasoning", "think")]
+    assert c.add("reasoning", "ing", 0.01) == []
+    assert c.add(None, "Answer", 0.02) == [("reasoning", "ing")]
+    assert c.due() == 0.07  # the answer waits a window from the reasoning that just went
+    assert c.flush(0.07) == [(None, "Answer")]
+
+
+def test_empty_text_is_no_delta_and_flush_with_nothing_held_is_none() -> None:
+    c = DeltaCoalescer(0.05)
+    assert c.add(None, "", 0.0) == []
+    assert c.flush(0.0) == []
+
+
+def test_random_streams_keep_every_character_in_order_and_no_text_waits_past_its_window() -> None:
+    for seed in range(200):
+        rng = random.Random(seed)
+        window = rng.choice([0.0, 0.01, 0.05, 0.1])
+        c = DeltaCoalescer(window)
+        now, sent, given = 0.0, [], []
+        held_since: float | None = None
+        for _ in range(rng.randint(1, 80)):
+            now += rng.choice([0.0, 0.001, 0.02, 0.07, 0.2])
+            due = c.due()
+            if due is not None and due <= now:  # the I/O layer's timer fired first
+                sent += c.flush(due)
+                held_since = None
+            kind: Kind = rng.choice([None, None, "reasoning"])
+            text = rng.choice(["a", "bc", "", "def "])
+            given.append((kind, text))
+            out = c.add(kind, text, now)
+            sent += out
+            if c.due() is not None and (held_since is None or out):
+                held_since = now  # held from now (what was held before just went)
+            if c.due() is not None:
+                assert c.due() - held_since <= window + 1e-9  # type: ignore[operator]
+            else:
+                held_since = None
+        sent += c.flush(now)
+        assert all(text for _, text in sent)
+        for kind in (None, "reasoning"):
+            assert "".join(t for k, t in sent if k == kind) == "".join(
+                t for k, t in given if k == kind
+            )
+
+        # In order across kinds: merging consecutive same-kind pieces of both gives the same runs.
+        def runs(items: list[tuple[Kind, str]]) -> list[tuple[Kind, str]]:
+            out: list[tuple[Kind, str]] = []
+            for k, t in items:
+                if not t:
+                    continue
+                if out and out[-1][0] == k:
+                    out[-1] = (k, out[-1][1] + t)
+                else:
+                    out.append((k, t))
+            return out
+
+        assert runs(sent) == runs(given)
+
+
+# --- on a real gateway ------------------------------------------------------------------
+
+
+async def _stream(
+    window_s: float, tokens_per_s: float, stop_after_s: float | None = None
+) -> list[dict[str, Any]]:
+    """One demo reply on a gateway coalescing over ``window_s``: every frame of it."""
+    gateway = Gateway(limits=GatewayLimits(delta_window_s=window_s))
+    await gateway.start("127.0.0.1", 0)
+    try:
+        async with connect(gateway.url(), proxy=None) as ws:
+            await ws.send('{"type": "hello", "client": "t"}')
+            assert (await recv(ws))["type"] == "welcome"
+            messages = [{"role": "user", "content": "Tell me about coalescing"}]
+            start = {"type": "start", "reply": "r-1", "model": "demo", "messages": messages}
+            await ws.send(json.dumps({**start, "params": {"tokens_per_s": tokens_per_s}}))
+            frames = []
+            while (frame := await recv(ws))["type"] != "done":
+                frames.append(frame)
+                if frame["type"] == "delta" and stop_after_s is not None:
+                    await asyncio.sleep(stop_after_s)  # text arrives meanwhile, and is held
+                    await ws.send('{"type": "stop", "reply": "r-1"}')
+                    stop_after_s = None
+            return [*frames, frame]
+    finally:
+        await gateway.close()
+
+
+def _text(frames: list[dict[str, Any]]) -> str:
+    return "".join(f["text"] for f in frames if f["type"] == "delta")
+
+
+async def test_a_window_sends_the_same_text_in_fewer_deltas_with_seqs_in_order() -> None:
+    plain = await _stream(0.0, 400)
+    coalesced = await _stream(0.05, 400)
+    assert _text(coalesced) == _text(plain)
+    deltas = [f for f in coalesced if f["type"] == "delta"]
+    assert len(deltas) * 4 < sum(f["type"] == "delta" for f in plain)  # ~20 tokens a delta
+    seqs = [f["seq"] for f in coalesced]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+    assert coalesced[-1]["finish"] == "stop"
+
+
+async def test_a_stop_sends_the_held_text_before_the_end() -> None:
+    frames = await _stream(0.5, 100, stop_after_s=0.3)
+    assert frames[-1]["type"] == "done"
+    assert frames[-1]["finish"] == "stopped"
+    deltas = [f for f in frames if f["type"] == "delta"]
+    assert len(deltas) == 2, deltas  # the first at once; what was held, at the stop
+    assert len(deltas[1]["text"]) > 20
+
+
+def test_nbchat_serve_coalesces_over_50_ms_unless_told_otherwise() -> None:
+    from nbchat import cli
+
+    def window(*flags: str) -> float:
+        args = cli._parser().parse_args(["serve", *flags])
+        return cli._options(args).limits.delta_window_s
+
+    assert window() == 0.05
+    assert window("--delta-window-ms", "0") == 0.0
+    assert window("--delta-window-ms", "120") == 0.12
+    assert GatewayLimits().delta_window_s == 0.0  # the embedded gateway: every chunk at once
