@@ -225,12 +225,14 @@ async def _serve_until_killed(url: str, profile: str | None) -> None:
     prober.cancel()
 
 
-async def serve_nbchat(store: str | None, sessions: int, profile: str | None) -> None:
+async def serve_nbchat(
+    store: str | None, sessions: int, profile: str | None, delta_window_ms: float
+) -> None:
     logging.basicConfig(level=logging.WARNING)
     gateway = Gateway(
         token=TOKEN,
         store=RedisStore(store) if store else None,
-        limits=GatewayLimits(sessions=sessions + 64),
+        limits=GatewayLimits(sessions=sessions + 64, delta_window_s=delta_window_ms / 1000),
     )
     await gateway.start("127.0.0.1", 0)
     await _serve_until_killed(gateway.url(), profile)
@@ -361,7 +363,7 @@ def start_server(
     coalesce_ms: float = 0.0,
 ) -> Child:
     command = [sys.executable, __file__, "--serve", kind, "--sessions", str(args.sessions)]
-    command += ["--server-gc", args.server_gc]
+    command += ["--server-gc", args.server_gc, "--delta-window-ms", str(args.delta_window_ms)]
     if coalesce_ms:
         command += ["--coalesced-baseline", str(coalesce_ms)]
     if store:
@@ -530,7 +532,7 @@ def measure(label: str, args: argparse.Namespace, tokens: int) -> Result:
                 tokens_per_s=args.tokens_per_s,
                 prompt=PROMPT,
                 reply_tokens=tokens,
-                count_tokens=label == "coalesced",
+                count_tokens=label == "coalesced" or (not bare and args.delta_window_ms > 0),
                 compression=args.compression == "deflate",
             )
             first += count
@@ -869,6 +871,14 @@ def _arguments(argv: list[str] | None = None) -> argparse.Namespace:
         help="experiment: 'off' freezes then disables the garbage collector in the server "
         "processes, to show what its pauses cost (default: Python's default)",
     )
+    parser.add_argument(
+        "--delta-window-ms",
+        type=float,
+        default=0.0,
+        metavar="MS",
+        help="the gateway's delta window (nbchat serve --delta-window-ms): text arriving "
+        "within MS of a reply's last delta goes with the next one (default %(default)s)",
+    )
     parser.add_argument("--no-baseline", action="store_true", help="skip the bare server")
     parser.add_argument(
         "--coalesced-baseline",
@@ -905,7 +915,9 @@ def main() -> None:
         gc.freeze()
         gc.disable()
     if args.serve == "nbchat":
-        asyncio.run(serve_nbchat(args.serve_store, args.sessions, args.serve_profile))
+        asyncio.run(
+            serve_nbchat(args.serve_store, args.sessions, args.serve_profile, args.delta_window_ms)
+        )
         return
     if args.serve == "baseline":
         asyncio.run(serve_baseline(args.serve_profile, args.coalesced_baseline or 0.0))
@@ -919,7 +931,8 @@ def main() -> None:
     print(
         f"bench_load: {args.sessions} sessions x {args.tokens_per_s:g} tokens/s, replies of "
         f"{tokens} tokens, {args.seconds:g} s window, {args.workers} load processes, "
-        f"compression {args.compression}, server GC {args.server_gc}, {os.cpu_count()} cores; "
+        f"compression {args.compression}, server GC {args.server_gc}, "
+        f"gateway delta window {args.delta_window_ms:g} ms, {os.cpu_count()} cores; "
         f"servers: {', '.join(labels)}"
     )
     results = []
