@@ -302,7 +302,9 @@ def served() -> Iterator[str]:
 def test_nbchat_serve_works_like_the_embedded_gateway(served: str) -> None:
     with Chat(url=served, token="s3cret", tokens_per_s=200) as chat:
         reply = chat.send("over a real process")
-        assert len(list(reply)) > 20
+        # Streamed in several chunks; nbchat serve coalesces each 50 ms (at 200 tokens/s
+        # about 10 tokens a chunk, where the embedded gateway sends one a token).
+        assert len(list(reply)) > 5
         assert reply.text == expected("over a real process")
         second = chat.send("again", tokens_per_s=30)
         wait_until(lambda: len(second.chunks) >= 3, "a few chunks")

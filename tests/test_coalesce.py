@@ -5,14 +5,28 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+from pathlib import Path
 from typing import Any
 
+import pytest
 from websockets.asyncio.client import connect
 
 from nbchat.gateway import Gateway
 from nbchat.gateway.coalesce import DeltaCoalescer, Kind
 from nbchat.gateway.limits import GatewayLimits
+from nbchat.gateway.providers.base import (
+    Finish,
+    ProviderError,
+    ReasoningChunk,
+    TextChunk,
+    ToolCalls,
+    ToolUse,
+)
+from nbchat.gateway.redis_store import RedisStore
+from nbchat.gateway.server import ModelRoute
 from test_gateway import recv
+
+from redis_server import RedisServer
 
 
 def test_a_zero_window_sends_every_chunk_as_it_comes() -> None:
@@ -147,7 +161,7 @@ async def test_a_window_sends_the_same_text_in_fewer_deltas_with_seqs_in_order()
 
 
 async def test_a_stop_sends_the_held_text_before_the_end() -> None:
-    frames = await _stream(0.5, 100, stop_after_s=0.3)
+    frames = await _stream(5.0, 100, stop_after_s=0.3)  # the window never ends first
     assert frames[-1]["type"] == "done"
     assert frames[-1]["finish"] == "stopped"
     deltas = [f for f in frames if f["type"] == "delta"]
@@ -166,3 +180,157 @@ def test_nbchat_serve_coalesces_over_50_ms_unless_told_otherwise() -> None:
     assert window("--delta-window-ms", "0") == 0.0
     assert window("--delta-window-ms", "120") == 0.12
     assert GatewayLimits().delta_window_s == 0.0  # the embedded gateway: every chunk at once
+
+
+def test_a_window_that_is_not_a_number_of_seconds_is_refused() -> None:
+    for bad in (float("inf"), float("nan"), -0.01):
+        with pytest.raises(ValueError, match="delta"):
+            GatewayLimits(delta_window_s=bad)
+        with pytest.raises(ValueError, match="delta window"):
+            DeltaCoalescer(bad)
+
+
+def test_nbchat_serve_refuses_a_window_out_of_range(capsys: pytest.CaptureFixture[str]) -> None:
+    from nbchat import cli
+
+    for bad in ("inf", "nan", "-1", "5000"):
+        assert cli.main(["serve", "--port", "0", "--delta-window-ms", bad]) != 0
+        assert "--delta-window-ms must be from 0 to 1000" in capsys.readouterr().err
+
+
+# --- a scripted provider: what is held goes before what follows it ---------------------
+
+Step = TextChunk | ReasoningChunk | ToolCalls | Finish | float | Exception
+
+
+class Scripted:
+    """A provider that plays one list of steps per round: items to yield, pauses (a
+    number of seconds) and an exception to raise."""
+
+    def __init__(self, *rounds: list[Step]) -> None:
+        self.rounds = list(rounds)
+
+    async def stream(self, request: Any) -> Any:
+        for step in self.rounds.pop(0):
+            if isinstance(step, float):
+                await asyncio.sleep(step)
+            elif isinstance(step, Exception):
+                raise step
+            else:
+                yield step
+
+
+async def _scripted(
+    provider: Scripted, window_s: float, store: str | None = None
+) -> list[dict[str, Any]]:
+    """One reply of ``provider`` on a gateway with that window: its frames, each with the
+    time it arrived (``_t``, seconds from the start); tool calls are answered."""
+    gateway = Gateway(
+        models={"m": ModelRoute(provider, "m")},  # type: ignore[arg-type]
+        limits=GatewayLimits(delta_window_s=window_s),
+        store=RedisStore(store) if store else None,
+    )
+    await gateway.start("127.0.0.1", 0)
+    try:
+        async with connect(gateway.url(), proxy=None) as ws:
+            await ws.send('{"type": "hello", "client": "t"}')
+            assert (await recv(ws))["type"] == "welcome"
+            tool = {"name": "f", "description": "d", "parameters": {"type": "object"}}
+            start = {
+                "type": "start",
+                "reply": "r",
+                "model": "m",
+                "messages": [{"role": "user", "content": "x"}],
+                "tools": [tool],
+            }
+            loop = asyncio.get_running_loop()
+            began = loop.time()
+            await ws.send(json.dumps(start))
+            frames = []
+            while (frame := await recv(ws))["type"] != "done":
+                frames.append({**frame, "_t": loop.time() - began})
+                if frame["type"] == "tool_call":
+                    answer = {"type": "tool_result", "reply": "r", "call": frame["call"]}
+                    await ws.send(json.dumps({**answer, "content": "ok"}))
+            return [*frames, frame]
+    finally:
+        await gateway.close()
+
+
+def _kinds(frames: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    return [
+        (f["type"], f.get("text", f.get("name", "")))
+        for f in frames
+        if f["type"] in ("delta", "tool_call", "done")
+    ]
+
+
+async def test_held_text_goes_when_its_window_ends_not_with_the_next_text() -> None:
+    provider = Scripted([TextChunk("a"), 0.01, TextChunk("b"), 0.6, TextChunk("c"), Finish("stop")])
+    frames = await _scripted(provider, 0.05)
+    deltas = [f for f in frames if f["type"] == "delta"]
+    assert [d["text"] for d in deltas] == ["a", "b", "c"]
+    assert deltas[1]["_t"] < 0.4  # at its window's end (0.05 s), long before "c" (0.61 s)
+
+
+@pytest.mark.parametrize("store", ["memory", "redis"])
+async def test_held_text_goes_before_a_tool_call_and_the_next_round(
+    store: str, tmp_path: Path
+) -> None:
+    provider = Scripted(
+        [
+            TextChunk("x"),
+            0.01,
+            TextChunk("y"),
+            ToolCalls((ToolUse("c1", "f", {}),)),
+            Finish("stop"),
+        ],
+        [TextChunk("z"), 0.01, TextChunk("!"), Finish("stop")],
+    )
+    if store == "redis":
+        if not RedisServer.available():
+            pytest.skip("redis-server is not installed (apt-get install redis-server)")
+        redis = RedisServer(tmp_path).start()
+        try:
+            frames = await _scripted(provider, 5.0, redis.url)
+        finally:
+            redis.stop()
+    else:
+        frames = await _scripted(provider, 5.0)  # only a flush can send what is held
+    assert _kinds(frames) == [
+        ("delta", "x"),
+        ("delta", "y"),
+        ("tool_call", "f"),
+        ("delta", "\n\nz!"),  # within the window of "y": held, and sent at the end
+        ("done", ""),
+    ]
+    seqs = [f["seq"] for f in frames]
+    assert seqs == sorted(seqs)
+    assert len(set(seqs)) == len(seqs)
+
+
+async def test_held_text_goes_before_a_provider_error_ends_the_reply() -> None:
+    provider = Scripted(
+        [TextChunk("a"), 0.01, TextChunk("b"), ProviderError("upstream_error", "boom")]
+    )
+    frames = await _scripted(provider, 5.0)
+    assert [f["text"] for f in frames if f["type"] == "delta"] == ["a", "b"]
+    assert frames[-1]["finish"] == "error"
+
+
+async def test_reasoning_and_answer_are_held_apart_and_keep_their_order() -> None:
+    provider = Scripted(
+        [
+            ReasoningChunk("r1"),
+            0.01,
+            ReasoningChunk("r2"),
+            0.01,
+            TextChunk("t1"),
+            0.01,
+            TextChunk("t2"),
+            Finish("stop"),
+        ]
+    )
+    frames = await _scripted(provider, 5.0)
+    deltas = [(f.get("kind"), f["text"]) for f in frames if f["type"] == "delta"]
+    assert deltas == [("reasoning", "r1"), ("reasoning", "r2"), (None, "t1t2")]

@@ -29,6 +29,7 @@ log = logging.getLogger("nbchat.serve")
 # 20 deltas a second, what the pane shows) cut its CPU per token by a third at 200
 # sessions in benchmarks/bench_load.py. The embedded gateway serves one user: 0.
 SERVE_DELTA_WINDOW_MS = 50.0
+MAX_DELTA_WINDOW_MS = 1000.0  # longer, and text would sit in the gateway noticeably
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -194,6 +195,11 @@ def _options(args: argparse.Namespace) -> _ServeOptions:
         raise AuthSetupError("--keyfile needs --certfile (the certificate it belongs to)")
     if not args.drain_s >= 0:
         raise AuthSetupError("--drain-s must be a number of seconds, 0 or more")
+    if not 0 <= args.delta_window_ms <= MAX_DELTA_WINDOW_MS:  # also refuses nan
+        raise AuthSetupError(
+            f"--delta-window-ms must be from 0 to {MAX_DELTA_WINDOW_MS:g} (milliseconds a "
+            "reply's text may wait to go with more)"
+        )
     store = None if args.store == "memory" else args.store
     if store is not None and not store.startswith(("redis://", "rediss://", "unix://")):
         raise AuthSetupError(
@@ -213,7 +219,7 @@ def _options(args: argparse.Namespace) -> _ServeOptions:
         session_idle_s=args.session_idle_s,
         frames_per_s=args.frames_per_s,
         max_frame_bytes=args.max_frame_bytes,
-        delta_window_s=max(0.0, args.delta_window_ms) / 1000,
+        delta_window_s=args.delta_window_ms / 1000,
     )
     return _ServeOptions(
         host=args.host,

@@ -11,6 +11,7 @@ text are kept apart and in order. A window of 0 sends every chunk as it comes.
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 __all__ = ["DeltaCoalescer", "Kind"]
@@ -20,6 +21,8 @@ Kind = Literal["reasoning"] | None  # as Delta.kind: None is the answer's text
 
 class DeltaCoalescer:
     def __init__(self, window_s: float) -> None:
+        if not (math.isfinite(window_s) and window_s >= 0):
+            raise ValueError(f"a delta window is 0 or more seconds, not {window_s!r}")
         self.window_s = window_s
         self._kind: Kind = None
         self._held: list[str] = []

@@ -3,6 +3,7 @@ clock is passed in."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from ..protocol import DEFAULT_MAX_FRAME_BYTES
@@ -38,6 +39,13 @@ class GatewayLimits:
     # with it as one delta (coalesce.py): fewer frames per token under load, at the cost
     # of up to this much delay. 0: every chunk goes as it comes.
     delta_window_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        # Checked here, not per reply: a bad window must stop the gateway being made.
+        if not (math.isfinite(self.delta_window_s) and self.delta_window_s >= 0):
+            raise ValueError(
+                f"delta_window_s must be 0 or more seconds, not {self.delta_window_s!r}"
+            )
 
 
 class FrameRate:

@@ -587,7 +587,9 @@ class Gateway:
         def held_text_due() -> None:
             nonlocal timer
             timer = None
-            if reply in live.state.unfinished():  # else it was ended elsewhere, and flushed
+            # Else it was ended elsewhere (a lost lease: the new holder ended it, and what
+            # this gateway generates since is not logged anyway).
+            if reply in live.state.unfinished():
                 send(coalescer.flush(loop.time()))
 
         def add(kind: Kind, text: str) -> None:
