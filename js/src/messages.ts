@@ -79,6 +79,9 @@ export class MessageList {
       this.observer = new ResizeObserver(() => this.schedule());
       this.observer.observe(this.log);
     }
+    // A folded or opened <details> (reasoning, a tool's result) changes the content's
+    // height without a message changing: see whether the log still overflows.
+    this.log.addEventListener("toggle", () => this.bound(), true);
     this.onTranscript(0);
   }
 
@@ -113,8 +116,6 @@ export class MessageList {
       this.heights.push(this.measured.get(key) ?? estimateHeight(record));
     }
     for (const key of removed.keys()) this.measured.delete(key);
-    // Messages changed or went: the conversation may now fit without scrolling.
-    if (removed.size > 0) this.unbound();
     this.layout();
     if (focus !== null) this.restoreFocus(focus);
   }
@@ -200,20 +201,18 @@ export class MessageList {
     this.options.moved();
   }
 
-  /** Once the messages overflow the log, fix its height at its maximum and contain it
+  /** While the messages overflow the log, fix its height at its maximum and contain it
    * (widget.css `[data-full]`): the layout of a growing reply then stops at the log
-   * instead of going through the notebook's, at every update. scrollToEnd has just
-   * laid the log out, so reading its size here costs nothing more. */
+   * instead of going through the notebook's, at every update. When they fit again
+   * (messages went, a detail was folded, the pane got wider) the log is freed to
+   * shrink. Either way the log overflows exactly when its content is taller than its
+   * maximum, so one check serves both. Called after the log was laid out (scrollToEnd
+   * just read it), so reading its size costs nothing more. */
   private bound(): void {
-    if (this.full || this.log.scrollHeight <= this.log.clientHeight + 1) return;
-    this.full = true;
-    this.log.toggleAttribute("data-full", true);
-  }
-
-  private unbound(): void {
-    if (!this.full) return;
-    this.full = false;
-    this.log.toggleAttribute("data-full", false);
+    const overflows = this.log.scrollHeight > this.log.clientHeight + 1;
+    if (overflows === this.full) return;
+    this.full = overflows;
+    this.log.toggleAttribute("data-full", overflows);
   }
 
   /** Bring the DOM to the entries: which are in it (all, or those near the viewport),

@@ -241,6 +241,20 @@ describe("the log's height", () => {
     apply(0, []); // Clear
     expect(log.hasAttribute("data-full")).toBe(false);
   });
+
+  it("is freed when the content shrinks with no message gone: a fold, a wider pane", () => {
+    const { model, stream, apply, log } = mountPane();
+    fakeLayout(log); // 50 px a message
+    model.set("active", { reply: "r7", status: "streaming" });
+    apply(0, [...conversation(6), user(7), reply(7, { content: "", finish: null })]);
+    expect(log.hasAttribute("data-full")).toBe(true); // 700 px in 480
+    fakeLayout(log, 30); // the same messages, now 420 px
+    stream.apply({ type: "chunk", reply: "r7", offset: 0, text: "More" });
+    expect(log.hasAttribute("data-full")).toBe(false);
+    fakeLayout(log, 50);
+    log.querySelector(".nbchat-msg")?.dispatchEvent(new Event("toggle")); // a <details> opened
+    expect(log.hasAttribute("data-full")).toBe(true);
+  });
 });
 
 describe("a long conversation", () => {
