@@ -417,3 +417,21 @@ def test_a_new_session_ends_the_replies_begun_in_the_old_one_only() -> None:
     assert c.ended(welcome("s2", resumed=False), lost="gone") == [
         ReplyEnd("begun", "error", "gone", "session_lost")
     ]
+
+
+def test_the_logged_deltas_are_out_of_the_garbage_collectors_reach() -> None:
+    # A busy gateway holds millions of logged deltas; each full collection walked them
+    # all (pauses of 200 ms and more at 200 sessions in benchmarks/bench_load.py).
+    import gc
+
+    session = GatewaySession("s-gc")
+    session.start("r-gc", "demo")
+    gc.collect()
+    before = len(gc.get_objects())
+    sent = [session.delta("r-gc", f" word{i}")[0] for i in range(5_000)]
+    del sent
+    gc.collect()
+    assert len(gc.get_objects()) - before < 1_000  # 10,000 when each delta was an object
+    replayed = session.replay(0).events
+    assert len(replayed) == 5_001  # started, then every delta, whole again
+    assert replayed[-1] == Delta(seq=5_001, reply="r-gc", text=" word4999")

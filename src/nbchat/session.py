@@ -222,7 +222,9 @@ class GatewaySession:
         self.last_seq = 0
         self.replies: dict[str, ReplyProgress] = {}
         self._clock = clock
-        self._log: deque[tuple[ServerFrame, int, float]] = deque()
+        # (event, size, time); a delta, most of the log, is kept as a tuple of its
+        # fields (see _logged).
+        self._log: deque[tuple[ServerFrame | _LoggedDelta, int, float]] = deque()
         self._log_bytes = 0
         self._finished: deque[str] = deque()  # finished replies still kept, oldest first
         # Ids of forgotten replies, so a late repeat of their start is still known.
@@ -307,7 +309,7 @@ class GatewaySession:
         )
         if isinstance(event, ToolCall):
             size += len(json.dumps(event.arguments))
-        self._log.append((event, size, self._clock() if self._clock else 0.0))
+        self._log.append((_logged(event), size, self._clock() if self._clock else 0.0))
         self._log_bytes += size
         reply = getattr(event, "reply", None)
         if reply in self.replies:
@@ -498,9 +500,9 @@ class GatewaySession:
             )
         self._trim()
         # Only reply events are logged, and every one of them carries a seq.
-        oldest_seq = _seq_of(self._log[0][0]) if self._log else self.last_seq + 1
+        oldest_seq = _logged_seq(self._log[0][0]) if self._log else self.last_seq + 1
         if oldest_seq <= after_seq + 1:
-            return Replay(events=[e for e, _, _ in self._log if _seq_of(e) > after_seq])
+            return Replay(events=[_event(e) for e, _, _ in self._log if _logged_seq(e) > after_seq])
         changed = [p.snapshot() for p in self.replies.values() if p.last_seq > after_seq]
         return Replay(events=[], gap=True, snapshots=changed)
 
@@ -508,6 +510,30 @@ class GatewaySession:
 def _seq_of(event: ServerFrame) -> int:
     seq = getattr(event, "seq", None)
     return seq if isinstance(seq, int) else 0
+
+
+# A delta in the log as (seq, reply, text, kind): a tuple of strings and ints, which the
+# garbage collector stops tracking, where a Delta object stays tracked. A gateway with
+# hundreds of busy sessions holds millions of logged deltas, and each full collection
+# walked them all (pauses of 200 ms and more in benchmarks/bench_load.py).
+_LoggedDelta = tuple[int, str, str, Literal["reasoning"] | None]
+
+
+def _logged(event: ServerFrame) -> ServerFrame | _LoggedDelta:
+    if type(event) is Delta:
+        return (event.seq, event.reply, event.text, event.kind)
+    return event
+
+
+def _event(entry: ServerFrame | _LoggedDelta) -> ServerFrame:
+    if isinstance(entry, tuple):
+        seq, reply, text, kind = entry
+        return Delta(seq=seq, reply=reply, text=text, kind=kind)
+    return entry
+
+
+def _logged_seq(entry: ServerFrame | _LoggedDelta) -> int:
+    return entry[0] if isinstance(entry, tuple) else _seq_of(entry)
 
 
 # --- client side -------------------------------------------------------------
