@@ -104,6 +104,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as sync_connect
 
 from load_client import STALL_S, WorkerPlan, raise_fd_limit, worker_main
+from nbchat.cli import freeze_startup_heap
 from nbchat.gateway import Gateway
 from nbchat.gateway.limits import GatewayLimits
 from nbchat.gateway.providers.base import Request
@@ -235,6 +236,7 @@ async def serve_nbchat(
         limits=GatewayLimits(sessions=sessions + 64, delta_window_s=delta_window_ms / 1000),
     )
     await gateway.start("127.0.0.1", 0)
+    freeze_startup_heap()  # as nbchat serve does
     await _serve_until_killed(gateway.url(), profile)
 
 
