@@ -104,7 +104,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as sync_connect
 
 from load_client import STALL_S, WorkerPlan, raise_fd_limit, worker_main
-from nbchat.cli import freeze_startup_heap
+from nbchat.cli import SERVE_DELTA_WINDOW_MS, freeze_startup_heap
 from nbchat.gateway import Gateway
 from nbchat.gateway.limits import GatewayLimits
 from nbchat.gateway.providers.base import Request
@@ -876,10 +876,11 @@ def _arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--delta-window-ms",
         type=float,
-        default=0.0,
+        default=SERVE_DELTA_WINDOW_MS,
         metavar="MS",
         help="the gateway's delta window (nbchat serve --delta-window-ms): text arriving "
-        "within MS of a reply's last delta goes with the next one (default %(default)s)",
+        "within MS of a reply's last delta goes with the next one (default %(default)s, "
+        "nbchat serve's)",
     )
     parser.add_argument("--no-baseline", action="store_true", help="skip the bare server")
     parser.add_argument(
