@@ -22,7 +22,7 @@ from .gateway.limits import GatewayLimits
 from .gateway.redis_store import RedisStore
 from .session import LogLimits
 
-__all__ = ["main"]
+__all__ = ["freeze_startup_heap", "main"]
 
 log = logging.getLogger("nbchat.serve")
 
