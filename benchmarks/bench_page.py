@@ -371,18 +371,17 @@ def stream_nbchat(chat, prompt, out, timeout=900):
           text=reply.text, status=reply.status, error=reply.error)
 
 
-def stream_panel(feed, prompt, out, base_url):
-    """A Panel user's loop: the openai SDK's stream into feed.stream(), token by token."""
+def read_sdk_stream(prompt, out, base_url, on_text):
+    """The openai SDK's stream of the reply, each piece of text to on_text; when each
+    came (time.time(), length so far) and the text go to out."""
     import openai
 
     client = openai.OpenAI(base_url=base_url, api_key="bench")
-    feed.send(prompt, user="You", respond=False)
     sent_at = time.time()
-    arrivals, parts, message = [], [], None
+    arrivals, parts, length = [], [], 0
     stream = client.chat.completions.create(
         model="bench", messages=[{"role": "user", "content": prompt}], stream=True
     )
-    length = 0
     for chunk in stream:
         delta = chunk.choices[0].delta.content if chunk.choices else None
         if not delta:
@@ -390,9 +389,21 @@ def stream_panel(feed, prompt, out, base_url):
         length += len(delta)
         arrivals.append((time.time(), length))
         parts.append(delta)
-        message = feed.stream(delta, user="bench", message=message)
+        on_text(delta)
     _dump(out, sent_at=sent_at, ended_at=time.time(), arrivals=arrivals,
           text="".join(parts), status="done", error=None)
+
+
+def stream_panel(feed, prompt, out, base_url):
+    """A Panel user's loop: the openai SDK's stream into feed.stream(), token by token."""
+    feed.send(prompt, user="You", respond=False)
+    message = None
+
+    def show(text):
+        nonlocal message
+        message = feed.stream(text, user="bench", message=message)
+
+    read_sdk_stream(prompt, out, base_url, show)
 
 
 FLOOR_ESM = """
@@ -424,34 +435,20 @@ def floor_pane():
 def stream_floor(pane, prompt, out, base_url):
     """The same stream, batched by nbchat's own rule (pane.StreamBatcher: at most 20 a
     second, fewer when text trickles), each batch a comm message to the floor pane."""
-    import openai
     from nbchat.pane import StreamBatcher
 
-    client = openai.OpenAI(base_url=base_url, api_key="bench")
     batcher = StreamBatcher()
     batcher.begin("floor")
-    sent_at = time.time()
-    arrivals, parts, length = [], [], 0
-    stream = client.chat.completions.create(
-        model="bench", messages=[{"role": "user", "content": prompt}], stream=True
-    )
-    for chunk in stream:
-        delta = chunk.choices[0].delta.content if chunk.choices else None
-        if not delta:
-            continue
-        length += len(delta)
-        arrivals.append((time.time(), length))
-        parts.append(delta)
-        batcher.add(delta)
+
+    def batch(text):
+        batcher.add(text)
         now = time.monotonic()
-        if batcher.due(now) <= now:
-            message = batcher.take(now)
-            if message:
-                pane.send({"text": message["text"]})
+        if batcher.due(now) <= now and (message := batcher.take(now)):
+            pane.send({"text": message["text"]})
+
+    read_sdk_stream(prompt, out, base_url, batch)
     message = batcher.take(time.monotonic())
     pane.send({"text": message["text"] if message else "", "done": True})
-    _dump(out, sent_at=sent_at, ended_at=time.time(), arrivals=arrivals,
-          text="".join(parts), status="done", error=None)
 
 
 def long_chat(history_path):
@@ -1069,25 +1066,43 @@ class Bench:
             page.close()
         return fig
 
-    def panel_reply(self, case: Case) -> Figures:
+    def _sdk_page(
+        self,
+        case: Case,
+        show: str,
+        make_warm_up: str,
+        stream: str,
+        target: str,
+        after: tuple[str, ...] | list[str] = (),
+    ) -> tuple[Figures, Path, Page]:
+        """A page whose kernel reads the stream with the openai SDK itself: cell 0 shows
+        ``target`` (made by ``show``), cell 1 streams the warm-up into one made by
+        ``make_warm_up``, cell 2 streams the case's reply into ``target`` (``stream`` is
+        the kernel helper that does it)."""
         fig = Figures(case.name)
         out = self._out(case.name)
         prompt = f"tokens={case.tokens} rate={case.rate} seed=1"
         url = self.server.base_url
-        page = Page(
-            self.browser,
-            self.lab,
-            f"{case.name}.ipynb",
-            [
-                self._setup() + "import panel as pn\npn.extension(inline=True)\n"
-                "feed = pn.chat.ChatFeed(height=480)\nfeed",
-                # Its own feed: a second message streamed into one ChatFeed breaks the
-                # view in JupyterLab (Bokeh: "reference ... isn't known"; the docstring).
-                "warm_up = pn.chat.ChatFeed(height=200)\ndisplay(warm_up)\n"
-                f"bk.stream_panel(warm_up, {WARM_UP!r}, {str(out) + '.warm-up'!r}, {url!r})",
-                f"bk.stream_panel(feed, {prompt!r}, {str(out)!r}, {url!r})",
-                "feed",
-            ],
+        cells = [
+            self._setup() + show,
+            f"warm_up = {make_warm_up}\ndisplay(warm_up)\n"
+            f"bk.{stream}(warm_up, {WARM_UP!r}, {str(out) + '.warm-up'!r}, {url!r})",
+            f"bk.{stream}({target}, {prompt!r}, {str(out)!r}, {url!r})",
+            *after,
+        ]
+        return fig, out, Page(self.browser, self.lab, f"{case.name}.ipynb", cells)
+
+    def panel_reply(self, case: Case) -> Figures:
+        # The warm-up gets its own feed: a second message streamed into one ChatFeed
+        # breaks the view in JupyterLab (Bokeh: "reference ... isn't known").
+        fig, out, page = self._sdk_page(
+            case,
+            "import panel as pn\npn.extension(inline=True)\n"
+            "feed = pn.chat.ChatFeed(height=480)\nfeed",
+            "pn.chat.ChatFeed(height=200)",
+            "stream_panel",
+            "feed",
+            after=["feed"],  # cell 3 shows the feed again, rendered fresh
         )
         try:
             page.run(0, timeout_s=60)
@@ -1111,20 +1126,8 @@ class Bench:
 
     def floor_reply(self, case: Case) -> Figures:
         """The floor: the same stream into a widget that only appends plain text."""
-        fig = Figures(case.name)
-        out = self._out(case.name)
-        prompt = f"tokens={case.tokens} rate={case.rate} seed=1"
-        url = self.server.base_url
-        page = Page(
-            self.browser,
-            self.lab,
-            f"{case.name}.ipynb",
-            [
-                self._setup() + "pane = bk.floor_pane()\npane",
-                "warm_up = bk.floor_pane()\ndisplay(warm_up)\n"
-                f"bk.stream_floor(warm_up, {WARM_UP!r}, {str(out) + '.warm-up'!r}, {url!r})",
-                f"bk.stream_floor(pane, {prompt!r}, {str(out)!r}, {url!r})",
-            ],
+        fig, out, page = self._sdk_page(
+            case, "pane = bk.floor_pane()\npane", "bk.floor_pane()", "stream_floor", "pane"
         )
         try:
             page.run(0, timeout_s=60)
