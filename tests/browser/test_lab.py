@@ -221,6 +221,8 @@ def test_a_full_log_keeps_its_height_and_follows_the_stream(
     nb.page.locator(".nbchat-log[data-full]").wait_for(state="attached", timeout=3 * MS)
     height = log.evaluate("el => el.getBoundingClientRect().height")
     assert 470 <= height <= 500, f"a full log is {height} px high"
+    # What makes it a layout boundary: the browser applies the containment.
+    assert log.evaluate("el => getComputedStyle(el).contain") == "strict"
     nb.run_cell(1)
     wait_user_message(nb, "Stream into a full log")
     for seen in (40, 120):
