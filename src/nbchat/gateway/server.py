@@ -584,29 +584,24 @@ class Gateway:
             for kind, text in deltas:
                 live.emit(live.state.delta(reply, text, kind))
 
-        def held_text_due() -> None:
+        def flush() -> None:
+            """Send the held text now: when its window ends (the timer), and before a
+            tool call or the reply's end."""
             nonlocal timer
-            timer = None
-            # Else it was ended elsewhere (a lost lease: the new holder ended it, and what
-            # this gateway generates since is not logged anyway).
-            if reply in live.state.unfinished():
-                send(coalescer.flush(loop.time()))
+            if timer is not None:
+                timer.cancel()  # a no-op when it is the timer that called
+                timer = None
+            held = coalescer.flush(loop.time())
+            # Else the reply was ended elsewhere (a lost lease: the new holder ended it,
+            # and what this gateway generates since is not logged anyway).
+            if held and reply in live.state.unfinished():
+                send(held)
 
         def add(kind: Kind, text: str) -> None:
             nonlocal timer
             send(coalescer.add(kind, text, loop.time()))
             if timer is None and (due := coalescer.due()) is not None:
-                timer = loop.call_at(due, held_text_due)
-
-        def flush() -> None:
-            """Send the held text now: before a tool call or the reply's end."""
-            nonlocal timer
-            if timer is not None:
-                timer.cancel()
-                timer = None
-            held = coalescer.flush(loop.time())
-            if held and reply in live.state.unfinished():
-                send(held)
+                timer = loop.call_at(due, flush)
 
         try:
             messages, rounds, usage = request.messages, 0, None
