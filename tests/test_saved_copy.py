@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from html.parser import HTMLParser
 
-from nbchat.saved_copy import SAVED_ATTRIBUTE, SavedCopy, update_interval
+from nbchat.saved_copy import (
+    MAX_WAIT_S,
+    QUIET_S,
+    SAVED_ATTRIBUTE,
+    SavedCopy,
+    publish_at,
+    update_interval,
+)
 from nbchat.transcript import Transcript
 
 
@@ -103,8 +110,20 @@ def test_a_finished_message_is_rendered_once_and_a_streaming_one_each_time() -> 
     assert "streaming" in html  # the footer says the reply had not ended
 
 
-def test_a_bigger_copy_is_rewritten_less_often_but_within_five_seconds() -> None:
+def test_a_bigger_copy_is_rewritten_less_often() -> None:
     assert update_interval(5_000) == 1.0  # a short chat: once a second, as before
     assert update_interval(320_000) == 5.0  # 64 kB a second at most
-    assert update_interval(10**9) == 5.0  # the last turn lands within 5 s, however big
+    assert update_interval(10**9) == 5.0  # however big
     assert update_interval(128_000) == 2.0
+
+
+def test_the_copy_waits_for_the_turns_to_pause_but_not_forever() -> None:
+    # A turn after a quiet spell: the copy goes a second later.
+    assert publish_at(100.0, 100.0, 0.0, 1.0) == 100.0 + QUIET_S
+    # Each turn boundary pushes it on while the turns keep coming...
+    assert publish_at(110.0, 100.0, 0.0, 1.0) == 110.0 + QUIET_S
+    # ...but a change the notebook lacks waits at most MAX_WAIT_S.
+    assert publish_at(100.0 + MAX_WAIT_S - 0.5, 100.0, 0.0, 1.0) == 100.0 + MAX_WAIT_S
+    assert publish_at(100.0 + MAX_WAIT_S + 7, 100.0, 0.0, 1.0) == 100.0 + MAX_WAIT_S
+    # And never sooner than the last copy's size allows after it.
+    assert publish_at(100.0, 100.0, 99.0, 5.0) == 104.0

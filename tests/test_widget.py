@@ -17,8 +17,11 @@ from timeouts import TIMEOUT, wait_until
 
 def test_a_paused_reply_sends_no_text_to_the_pane_until_resumed(chat: Chat) -> None:
     events: list[tuple[str, Any]] = []
+    finals: list[str] = []
     chat._push = lambda message: (  # type: ignore[method-assign]
-        events.append(("text", message["text"])) if message["type"] == "chunk" else None
+        events.append(("text", message["text"]))
+        if message["type"] == "chunk"
+        else finals.extend(r["content"] for r in message.get("records", ()) if r["finish"])
     )
     chat.observe(
         lambda change: events.append(("status", change["new"].get("status"))), names="active"
@@ -33,7 +36,9 @@ def test_a_paused_reply_sends_no_text_to_the_pane_until_resumed(chat: Chat) -> N
     resumed = events.index(("status", "streaming"), paused)
     assert not [e for e in events[paused:resumed] if e[0] == "text"]
     sent = "".join(text for kind, text in events if kind == "text")
-    assert sent == reply.text  # and every character reached the pane, once
+    # Every character reached the pane once: streamed, the rest with the finished record.
+    assert finals[-1] == reply.text
+    assert reply.text.startswith(sent)
 
 
 def test_the_pane_gets_only_new_text_in_bounded_batches(chat: Chat) -> None:
@@ -46,7 +51,37 @@ def test_the_pane_gets_only_new_text_in_bounded_batches(chat: Chat) -> None:
     for batch in batches:
         assert batch["offset"] == offset  # each batch starts where the last ended
         offset += len(batch["text"])
-    assert offset == len(reply.text)
+    assert reply.text.startswith("".join(batch["text"] for batch in batches))
+    # What the batches had not carried yet comes with the finished record.
+    final = [m for m in pushed if m["type"] == "transcript"][-1]["records"][-1]
+    assert final["content"] == reply.text
+    assert final["finish"] == "stop"
+
+
+def test_a_finished_reply_sends_its_last_text_with_its_record(chat: Chat) -> None:
+    pushed: list[tuple[bool, dict[str, Any]]] = []
+    finishing = [False]
+    chat._push = lambda message: pushed.append((finishing[0], message))  # type: ignore[method-assign]
+    on_reply_status = chat._bridge.on_reply_status
+
+    def spy(reply: Any) -> None:
+        finishing[0] = reply.finished
+        try:
+            on_reply_status(reply)
+        finally:
+            finishing[0] = False
+
+    chat._bridge.on_reply_status = spy  # type: ignore[method-assign]
+    for i in range(10):
+        reply = chat.send(f"turn {i}", tokens_per_s=400, max_tokens=60).wait(TIMEOUT)
+        text = "".join(m["text"] for _, m in pushed if m["type"] == "chunk")
+        final = pushed[-1][1]
+        assert final["type"] == "transcript"
+        assert final["records"][-1]["content"] == reply.text
+        assert reply.text.startswith(text)
+        # The reply's end sends its record, not first the batch left over before it.
+        assert not [m for ending, m in pushed if ending and m["type"] == "chunk"]
+        pushed.clear()
 
 
 def test_a_turn_sends_the_pane_only_the_messages_it_changed(chat: Chat) -> None:
@@ -116,3 +151,27 @@ def test_a_notebook_run_by_nbclient_keeps_one_copy_and_notes_elsewhere() -> None
     assert sum("Saved copy" in h for cell in html for h in cell) == 1
     assert any("Saved copy" in h for h in html[0])
     assert any("another view of the chat" in h for h in html[1])
+
+
+def test_turns_sent_one_after_another_update_the_saved_copy_once_they_pause(
+    chat: Chat, monkeypatch: Any
+) -> None:
+    import IPython.display
+
+    updates: list[tuple[float, str]] = []
+
+    def update_display(bundle: dict[str, str], **_: Any) -> None:
+        updates.append((time.monotonic(), bundle["text/plain"]))
+
+    monkeypatch.setattr(IPython.display, "update_display", update_display)
+    chat._saved.shown = True  # as _ipython_display_ does in a kernel
+    began = time.monotonic()
+    for i in range(25):  # about 6 s of turns, none a second apart
+        chat.send(f"turn {i}", tokens_per_s=400, max_tokens=60).wait(TIMEOUT)
+    ended = time.monotonic()
+    wait_until(lambda: any("turn 24" in text for _, text in updates), "the last turn's copy")
+    # Each copy is the whole conversation again: none went while the turns kept coming
+    # (one a second before, 6 for these 25 turns).
+    assert ended - began > 3
+    assert [at for at, _ in updates if at < ended] == []
+    assert len(updates) == 1

@@ -167,6 +167,24 @@ describe("the reply in flight", () => {
     expect(body.querySelector("pre .nbchat-copy")).toBeNull();
   });
 
+  it("takes the text the stream had not carried from the finished record, without a rebuild", () => {
+    // The kernel sends a finished reply's last text with its record, not as a chunk.
+    const finish = vi.spyOn(MarkdownStream.prototype, "finish");
+    const { model, stream, apply } = mountPane();
+    model.set("active", { reply: "r1", status: "streaming" });
+    apply(0, [user(1), reply(1, { content: "", finish: null })]);
+    const first = "A first paragraph.\n\n";
+    stream.apply({ type: "chunk", reply: "r1", offset: 0, text: `${first}And` });
+    const node = document.querySelector('.nbchat-msg[data-reply="r1"] .nbchat-body') as HTMLElement;
+    const paragraph = node.firstElementChild;
+    apply(1, [reply(1, { content: `${first}And **more**` })]);
+    model.set("active", {});
+    expect(finish).toHaveBeenCalledTimes(1);
+    expect(node.firstElementChild).toBe(paragraph);
+    expect(node.querySelector("strong")?.textContent).toBe("more");
+    expect(node.textContent?.replace(/\s+/g, " ").trim()).toBe("A first paragraph. And more");
+  });
+
   it("is rendered whole when the finished record says more than the stream showed", () => {
     const { model, stream, apply } = mountPane();
     model.set("active", { reply: "r1", status: "streaming" });

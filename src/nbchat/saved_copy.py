@@ -30,10 +30,13 @@ from .transcript import Message, Transcript, footer_line, transcript_to_markdown
 __all__ = [
     "MAX_INTERVAL_S",
     "MAX_SAVED_CHARS",
+    "MAX_WAIT_S",
     "MIN_INTERVAL_S",
+    "QUIET_S",
     "SAVED_ATTRIBUTE",
     "SAVED_BYTES_PER_S",
     "SavedCopy",
+    "publish_at",
     "update_interval",
     "view_note",
 ]
@@ -46,16 +49,28 @@ SAVED_ATTRIBUTE: Final = "data-nbchat-saved"
 # is in chat.save() or a named conversation.
 MAX_SAVED_CHARS: Final = 200_000
 # The copy's share of the kernel's WebSocket: a copy is rewritten whole, so a big one
-# waits longer before the next (1 s at least, 5 s at most, so the last turn is in the
-# notebook within 5 s of its end).
+# waits longer before the next (1 s at least, 5 s at most).
 SAVED_BYTES_PER_S: Final = 64_000
 MIN_INTERVAL_S: Final = 1.0
 MAX_INTERVAL_S: Final = 5.0
+# A copy goes out once the chat has had no turn boundary for QUIET_S, so turns sent one
+# after another from a cell are not each followed by the whole copy again; while they
+# keep coming, the copy waits at most MAX_WAIT_S (JupyterLab autosaves every 120 s).
+QUIET_S: Final = 1.0
+MAX_WAIT_S: Final = 30.0
 
 
 def update_interval(size_bytes: int) -> float:
     """Seconds to wait after publishing a copy of ``size_bytes`` before the next."""
     return min(MAX_INTERVAL_S, max(MIN_INTERVAL_S, size_bytes / SAVED_BYTES_PER_S))
+
+
+def publish_at(now: float, unsaved_since: float, published: float, interval: float) -> float:
+    """When to publish the copy after a turn boundary at ``now``: ``QUIET_S`` later if
+    no other comes, but no later than ``MAX_WAIT_S`` after the first change the notebook
+    does not have yet (``unsaved_since``), and no sooner than ``interval`` (from
+    :func:`update_interval`) after the last copy went out (``published``)."""
+    return max(min(now + QUIET_S, unsaved_since + MAX_WAIT_S), published + interval)
 
 
 _STYLE: Final = """<style>

@@ -31,7 +31,7 @@ from .local_models import MODELS, REMOTE_GATEWAY_MESSAGE, ModelFunction
 from .pane import StreamBatcher, TranscriptSync, parse_command
 from .pricing import prices_with
 from .reply import Reply
-from .saved_copy import MIN_INTERVAL_S, SavedCopy, update_interval, view_note
+from .saved_copy import MIN_INTERVAL_S, SavedCopy, publish_at, update_interval, view_note
 from .tools import Tool, make_tool
 from .transcript import (
     Branch,
@@ -758,7 +758,8 @@ class _TraitBridge(ConversationListener):
     def on_reply_status(self, reply: Reply) -> None:
         if reply.finished:
             if reply.id == self.batcher.reply:
-                self._flush()  # the last text goes before the turn is rewritten
+                # Text not yet sent goes with the finished record (the pane extends its
+                # stream to the record's text), not in a comm message of its own.
                 self.batcher.end()
                 self.reasoning.end()
             self.on_transcript()
@@ -797,10 +798,11 @@ def _no_constants(name: str) -> Any:
 class _SavedCopyDisplay:
     """Keeps a chat's saved copy in the notebook: a display output after the pane whose
     bundle is the conversation as HTML and Markdown (:mod:`nbchat.saved_copy`), so a
-    saved notebook shows it without a kernel. Updated by display id at turn boundaries,
-    at most once a second, less often as it grows (:func:`~nbchat.saved_copy.update_interval`:
-    at most 5 s), from the client loop thread; never
-    through the widget, whose view would be rebuilt by an update of its own output."""
+    saved notebook shows it without a kernel. Updated by display id once the turns pause
+    for a second, at most every 30 s while they keep coming, and never more often than
+    :func:`~nbchat.saved_copy.update_interval` allows (:func:`~nbchat.saved_copy.publish_at`),
+    from the client loop thread; never through the widget, whose view would be rebuilt
+    by an update of its own output."""
 
     def __init__(self, chat: Chat) -> None:
         self.chat = chat
@@ -812,6 +814,7 @@ class _SavedCopyDisplay:
         self._handle: asyncio.TimerHandle | None = None
         self._last = -MIN_INTERVAL_S
         self._interval = MIN_INTERVAL_S  # after the last update: by its size
+        self._unsaved_since: float | None = None  # the first change since the last update
 
     def show(self) -> None:
         """Publish the copy as a new output of the running cell. A view in another
@@ -834,15 +837,20 @@ class _SavedCopyDisplay:
             self.chat._conversation._loop.call_soon_threadsafe(self._schedule)
 
     def _schedule(self) -> None:
-        if self._handle is None:
-            loop = asyncio.get_running_loop()
-            delay = max(0.0, self._last + self._interval - loop.time())
-            self._handle = loop.call_later(delay, self._publish)
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if self._unsaved_since is None:
+            self._unsaved_since = now
+        if self._handle is not None:
+            self._handle.cancel()
+        when = publish_at(now, self._unsaved_since, self._last, self._interval)
+        self._handle = loop.call_at(when, self._publish)
 
     def _publish(self) -> None:
         from IPython.display import update_display
 
         self._handle = None
+        self._unsaved_since = None
         self._last = asyncio.get_running_loop().time()
         publisher = _display_publisher()
         # Parented to the cell that showed it, as an update from that cell would be.
