@@ -20,3 +20,14 @@ export function button(className: string, label: string, title: string): HTMLBut
   node.textContent = label;
   return node;
 }
+
+/** Make `parts` the children of `parent`, in order, without moving those already in
+ * place: taking a node out and putting it back makes the browser recompute its whole
+ * subtree's style and layout, which for a long reply's body is a task of 100 ms. */
+export function placeChildren(parent: Element, parts: readonly Element[]): void {
+  parts.forEach((part, i) => {
+    const current = parent.children[i];
+    if (current !== part) parent.insertBefore(part, current ?? null);
+  });
+  while (parent.children.length > parts.length) parent.lastElementChild?.remove();
+}

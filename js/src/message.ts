@@ -5,7 +5,7 @@
 // the reply in flight, the streamed text, which MarkdownStream renders block by block.
 
 import { ACTION, actionButton, branchActions, messageEditor, siblingArrows, type MessageEditor } from "./branches";
-import { button, element } from "./dom";
+import { button, element, placeChildren } from "./dom";
 import { MarkdownStream } from "./incremental";
 import { renderMarkdown } from "./markdown";
 import type { ActiveReply, Attachment, BranchCommand, MessageRecord, ReplyStatus } from "./model";
@@ -348,7 +348,7 @@ export class MessageView {
       row.append(...foot);
       parts.push(row);
     }
-    item.replaceChildren(...parts);
+    placeChildren(item, parts);
     typing?.focus();
   }
 

@@ -185,6 +185,31 @@ describe("the reply in flight", () => {
     expect(node.textContent?.replace(/\s+/g, " ").trim()).toBe("A first paragraph. And more");
   });
 
+  it("keeps its body in place when the frame around it changes: status, meta line, buttons", () => {
+    // Taking the body out and back in costs a long reply's whole style and layout.
+    const { model, stream, apply } = mountPane();
+    model.set("active", { reply: "r1", status: "pending" });
+    apply(0, [user(1), reply(1, { content: "", finish: null })]);
+    const item = document.querySelector('.nbchat-msg[data-reply="r1"]') as HTMLElement;
+    const body = item.querySelector(".nbchat-body") as HTMLElement;
+    const changes = mutations(item, () => {
+      stream.apply({ type: "chunk", reply: "r1", offset: 0, text: "Some text" });
+      model.set("active", { reply: "r1", status: "streaming" });
+      model.set("active", { reply: "r1", status: "paused" });
+      apply(1, [reply(1, { content: "Some text and the rest" })]);
+      model.set("active", {});
+    });
+    const moves = changes
+      .filter((r) => r.target === item)
+      .flatMap((r) => [...Array.from(r.removedNodes), ...Array.from(r.addedNodes)]);
+    expect(item.dataset.status).toBe("done");
+    expect(item.querySelector(".nbchat-meta")?.textContent).toBe("1.5 s · 40 tok/s");
+    expect(moves.length).toBeGreaterThan(0); // the meta line and the buttons changed...
+    expect(moves).not.toContain(body); // ...around a body that stayed where it was
+    expect(item.querySelectorAll(".nbchat-foot")).toHaveLength(1);
+    expect(item.querySelectorAll(".nbchat-body")).toHaveLength(1);
+  });
+
   it("is rendered whole when the finished record says more than the stream showed", () => {
     const { model, stream, apply } = mountPane();
     model.set("active", { reply: "r1", status: "streaming" });
