@@ -87,6 +87,7 @@ import pstats
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -104,7 +105,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as sync_connect
 
 from load_client import STALL_S, WorkerPlan, raise_fd_limit, worker_main
-from nbchat.cli import SERVE_DELTA_WINDOW_MS, freeze_startup_heap
+from nbchat.cli import SERVE_DELTA_WINDOW_MAX_MS, SERVE_DELTA_WINDOW_MS, freeze_startup_heap
 from nbchat.gateway import Gateway
 from nbchat.gateway.limits import GatewayLimits
 from nbchat.gateway.providers.base import Request
@@ -174,14 +175,18 @@ def machine_ticks() -> tuple[int, int, int, int]:
 LAG_PROBE_S = 0.01  # the server's loop is probed this often during the window
 
 
-async def _serve_until_killed(url: str, profile: str | None) -> None:
+async def _serve_until_killed(
+    url: str, profile: str | None, window: Callable[[], float] | None = None
+) -> None:
     """Print the URL, then serve until killed. SIGUSR1 opens the window: from then on
     the loop's lag (how late a ``sleep(LAG_PROBE_S)`` wakes up) and the garbage
     collector's pauses are recorded, and with ``profile`` cProfile runs. SIGUSR2 closes
-    it: the profile is written and one ``STATS {json}`` line printed."""
+    it: the profile is written and one ``STATS {json}`` line printed. ``window`` reads
+    the gateway's delta window, sampled with the lag."""
     loop = asyncio.get_running_loop()
     profiler = cProfile.Profile()
     lags: list[float] = []
+    windows: list[float] = []
     pauses: list[tuple[int, float]] = []  # (generation, seconds)
     recording = False
     gc_began = 0.0
@@ -199,10 +204,13 @@ async def _serve_until_killed(url: str, profile: str | None) -> None:
             await asyncio.sleep(LAG_PROBE_S)
             if recording:
                 lags.append(loop.time() - began - LAG_PROBE_S)
+                if window is not None:
+                    windows.append(window())
 
     def open_window() -> None:
         nonlocal recording
         lags.clear()
+        windows.clear()
         pauses.clear()
         recording = True
         if profile is not None:
@@ -214,7 +222,7 @@ async def _serve_until_killed(url: str, profile: str | None) -> None:
         if profile is not None:
             profiler.disable()
             profiler.dump_stats(profile)
-        stats = {"lags": sorted(lags), "pauses": pauses}
+        stats = {"lags": sorted(lags), "pauses": pauses, "windows": windows}
         print("STATS " + json.dumps(stats), flush=True)
 
     gc.callbacks.append(on_gc)
@@ -227,17 +235,25 @@ async def _serve_until_killed(url: str, profile: str | None) -> None:
 
 
 async def serve_nbchat(
-    store: str | None, sessions: int, profile: str | None, delta_window_ms: float
+    store: str | None,
+    sessions: int,
+    profile: str | None,
+    delta_window_ms: float,
+    delta_window_max_ms: float,
 ) -> None:
     logging.basicConfig(level=logging.WARNING)
     gateway = Gateway(
         token=TOKEN,
         store=RedisStore(store) if store else None,
-        limits=GatewayLimits(sessions=sessions + 64, delta_window_s=delta_window_ms / 1000),
+        limits=GatewayLimits(
+            sessions=sessions + 64,
+            delta_window_s=delta_window_ms / 1000,
+            delta_window_max_s=max(delta_window_ms, delta_window_max_ms) / 1000,
+        ),
     )
     await gateway.start("127.0.0.1", 0)
     freeze_startup_heap()  # as nbchat serve does
-    await _serve_until_killed(gateway.url(), profile)
+    await _serve_until_killed(gateway.url(), profile, lambda: gateway.delta_window.window_s)
 
 
 def _dumps(frame: dict[str, Any]) -> str:
@@ -366,6 +382,7 @@ def start_server(
 ) -> Child:
     command = [sys.executable, __file__, "--serve", kind, "--sessions", str(args.sessions)]
     command += ["--server-gc", args.server_gc, "--delta-window-ms", str(args.delta_window_ms)]
+    command += ["--delta-window-max-ms", str(args.delta_window_max_ms)]
     if coalesce_ms:
         command += ["--coalesced-baseline", str(coalesce_ms)]
     if store:
@@ -463,6 +480,7 @@ class Result:
     profile: str | None = None
     server_log: list[str] = field(default_factory=list)
     loop_lag: list[float] = field(default_factory=list)  # sorted
+    delta_windows: list[float] = field(default_factory=list)  # the gateway's, sampled
     gc_pauses: list[tuple[int, float]] = field(default_factory=list)
 
     @property
@@ -577,6 +595,7 @@ def measure(label: str, args: argparse.Namespace, tokens: int) -> Result:
         os.kill(server.pid, signal.SIGUSR2)
         stats = server.read_stats()
         result.loop_lag = stats["lags"]
+        result.delta_windows = stats.get("windows", [])
         result.gc_pauses = [(int(g), float(s)) for g, s in stats["pauses"]]
         result.profile = profile
         result.server_log = server.log_summary()
@@ -698,6 +717,13 @@ def describe(result: Result) -> None:
             print(f"    {line}")
 
 
+def _windows(r: Result) -> str:
+    if not r.delta_windows:
+        return "-"
+    mean = statistics.fmean(r.delta_windows)
+    return f"{mean * 1000:.0f}/{max(r.delta_windows) * 1000:.0f}"
+
+
 def table(results: list[Result]) -> None:
     rows: list[tuple[str, Callable[[Result], str]]] = [
         ("sessions connected", lambda r: f"{r.connected}"),
@@ -711,6 +737,7 @@ def table(results: list[Result]) -> None:
         ("server CPU, % of a core", lambda r: f"{r.server_cpu:.0%}"),
         ("delta frames/s", lambda r: f"{r.frames / r.seconds:,.0f}"),
         ("server CPU us / token", lambda r: f"{r.cpu_per_token_us:.0f}"),
+        ("delta window mean/max ms", _windows),
         ("server loop lag p99 ms", lambda r: ms(percentile(r.loop_lag, 99))),
         ("server loop lag max ms", lambda r: ms(r.loop_lag[-1] if r.loop_lag else 0.0)),
         ("server GC pause max ms", lambda r: ms(max((t for _, t in r.gc_pauses), default=0))),
@@ -882,6 +909,15 @@ def _arguments(argv: list[str] | None = None) -> argparse.Namespace:
         "within MS of a reply's last delta goes with the next one (default %(default)s, "
         "nbchat serve's)",
     )
+    parser.add_argument(
+        "--delta-window-max-ms",
+        type=float,
+        default=SERVE_DELTA_WINDOW_MAX_MS,
+        metavar="MS",
+        help="how wide the window may grow while the gateway falls behind (nbchat serve "
+        "--delta-window-max-ms; default %(default)s, nbchat serve's; --delta-window-ms "
+        "if that is more; equal to it: a fixed window)",
+    )
     parser.add_argument("--no-baseline", action="store_true", help="skip the bare server")
     parser.add_argument(
         "--coalesced-baseline",
@@ -919,7 +955,13 @@ def main() -> None:
         gc.disable()
     if args.serve == "nbchat":
         asyncio.run(
-            serve_nbchat(args.serve_store, args.sessions, args.serve_profile, args.delta_window_ms)
+            serve_nbchat(
+                args.serve_store,
+                args.sessions,
+                args.serve_profile,
+                args.delta_window_ms,
+                args.delta_window_max_ms,
+            )
         )
         return
     if args.serve == "baseline":
@@ -935,7 +977,9 @@ def main() -> None:
         f"bench_load: {args.sessions} sessions x {args.tokens_per_s:g} tokens/s, replies of "
         f"{tokens} tokens, {args.seconds:g} s window, {args.workers} load processes, "
         f"compression {args.compression}, server GC {args.server_gc}, "
-        f"gateway delta window {args.delta_window_ms:g} ms, {os.cpu_count()} cores; "
+        f"gateway delta window {args.delta_window_ms:g} ms (up to "
+        f"{max(args.delta_window_ms, args.delta_window_max_ms):g} ms under load), "
+        f"{os.cpu_count()} cores; "
         f"servers: {', '.join(labels)}"
     )
     results = []

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import random
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 
 from nbchat.gateway import Gateway
-from nbchat.gateway.coalesce import DeltaCoalescer, Kind
+from nbchat.gateway.coalesce import DeltaCoalescer, Kind, LoadWindow
 from nbchat.gateway.limits import GatewayLimits
 from nbchat.gateway.providers.base import (
     Finish,
@@ -117,6 +120,35 @@ def test_random_streams_keep_every_character_in_order_and_no_text_waits_past_its
         assert runs(sent) == runs(given)
 
 
+def test_the_load_window_widens_while_the_loop_runs_late_and_narrows_back() -> None:
+    window = LoadWindow(0.05, 0.25)
+    assert window.adapts
+    assert window.observe(0.0) == 0.05
+    widths = [window.observe(0.2) for _ in range(30)]  # far behind, for 3 s of samples
+    assert widths == sorted(widths)
+    assert widths[-1] == 0.25  # and no wider
+    assert widths.index(0.25) <= 15  # about a second after the smoothed lag is over 50 ms
+    # Between the thresholds it holds: the window that made it keep up stays.
+    for _ in range(30):
+        window.observe(0.03)
+    assert window.window_s == 0.25
+    narrowing = [window.observe(0.0) for _ in range(30)]
+    assert narrowing == sorted(narrowing, reverse=True)
+    assert narrowing[-1] == pytest.approx(0.05)
+    assert window.observe(-1.0) == pytest.approx(0.05)  # early is on time, never narrower
+
+
+def test_a_load_window_without_room_never_changes() -> None:
+    window = LoadWindow(0.05, 0.05)
+    assert not window.adapts
+    assert {window.observe(lag) for lag in (0.0, 5.0, 5.0, 5.0, 0.0)} == {0.05}
+    for base, widest in ((0.05, 0.01), (0.05, float("inf")), (0.05, float("nan"))):
+        with pytest.raises(ValueError, match="widest delta window"):
+            LoadWindow(base, widest)
+        with pytest.raises(ValueError, match="delta_window_max_s"):
+            GatewayLimits(delta_window_s=base, delta_window_max_s=widest)
+
+
 # --- on a real gateway ------------------------------------------------------------------
 
 
@@ -143,6 +175,22 @@ async def _stream(
             return [*frames, frame]
     finally:
         await gateway.close()
+
+
+async def _stream_on(gateway: Gateway, tokens_per_s: float, seconds: float) -> list[dict[str, Any]]:
+    """A demo reply of ``seconds`` at ``tokens_per_s`` on a running gateway."""
+    async with connect(gateway.url(), proxy=None) as ws:
+        await ws.send('{"type": "hello", "client": "t"}')
+        assert (await recv(ws))["type"] == "welcome"
+        long = "Tell me about load " + " ".join(f"w{i}" for i in range(300))  # a long reply
+        messages = [{"role": "user", "content": long}]
+        params = {"tokens_per_s": tokens_per_s, "max_tokens": int(tokens_per_s * seconds)}
+        start = {"type": "start", "reply": "r-1", "model": "demo", "messages": messages}
+        await ws.send(json.dumps({**start, "params": params}))
+        frames = []
+        while (frame := await recv(ws))["type"] != "done":
+            frames.append(frame)
+        return [*frames, frame]
 
 
 def _text(frames: list[dict[str, Any]]) -> str:
@@ -181,6 +229,94 @@ def test_nbchat_serve_coalesces_over_50_ms_unless_told_otherwise() -> None:
     assert window("--delta-window-ms", "120") == 0.12
     assert GatewayLimits().delta_window_s == 0.0  # the embedded gateway: every chunk at once
 
+    def widest(*flags: str) -> float | None:
+        args = cli._parser().parse_args(["serve", *flags])
+        return cli._options(args).limits.delta_window_max_s
+
+    assert widest() == 0.25  # widened up to 250 ms while it falls behind
+    assert widest("--delta-window-ms", "400") == 0.4  # never narrower than the base
+    assert widest("--delta-window-max-ms", "50") == 0.05  # = the base: never widens
+    assert GatewayLimits().delta_window_max_s is None
+
+
+def _metric(gateway: Gateway, name: str) -> float:
+    text = gateway.metrics.exposition().decode()
+    family = next(f for f in text_string_to_metric_families(text) if f.name == name)
+    return float(family.samples[0].value)
+
+
+async def test_a_gateway_that_falls_behind_widens_its_window_and_narrows_it_after() -> None:
+    gateway = Gateway(limits=GatewayLimits(delta_window_s=0.05, delta_window_max_s=0.25))
+    await gateway.start("127.0.0.1", 0)
+    loop = asyncio.get_running_loop()
+    hogging = True
+
+    def hog() -> None:  # more work than the loop can do: 80 ms at every turn of it
+        time.sleep(0.08)
+        if hogging:
+            loop.call_soon(hog)
+
+    async def until(check: Any, what: str) -> None:
+        deadline = loop.time() + 15
+        while not check():
+            assert loop.time() < deadline, what
+            await asyncio.sleep(0.05)
+
+    try:
+        assert _metric(gateway, "nbchat_delta_window_seconds") == 0.05
+        loop.call_soon(hog)
+        await until(lambda: gateway.delta_window.window_s >= 0.2, "the window widens")
+        assert _metric(gateway, "nbchat_delta_window_seconds") >= 0.2
+        assert _metric(gateway, "nbchat_loop_lag_seconds") > LoadWindow.BEHIND_S
+        # A reply started now is coalesced over the wider window.
+        hogging = False
+        frames = await _stream_on(gateway, 400, seconds=1.0)
+        deltas = [f for f in frames if f["type"] == "delta"]
+        assert len(deltas) <= 1.0 / 0.15 + 2, len(deltas)  # at 50 ms it would be about 20
+        await until(lambda: gateway.delta_window.window_s == 0.05, "it narrows back")
+    finally:
+        hogging = False
+        await gateway.close()
+
+
+async def test_a_reply_in_flight_follows_the_window_as_the_load_changes_it() -> None:
+    gateway = Gateway(limits=GatewayLimits(delta_window_s=0.05, delta_window_max_s=0.5))
+    await gateway.start("127.0.0.1", 0)
+    loop = asyncio.get_running_loop()
+    try:
+        async with connect(gateway.url(), proxy=None) as ws:
+            await ws.send('{"type": "hello", "client": "t"}')
+            assert (await recv(ws))["type"] == "welcome"
+            long = "Tell me about load " + " ".join(f"w{i}" for i in range(300))  # a long reply
+            messages = [{"role": "user", "content": long}]
+            params = {"tokens_per_s": 200, "max_tokens": 500}  # 2.5 s
+            start = {"type": "start", "reply": "r-1", "model": "demo", "messages": messages}
+            await ws.send(json.dumps({**start, "params": params}))
+            arrivals: list[float] = []
+            while (frame := await recv(ws))["type"] != "done":
+                if frame["type"] == "delta":
+                    arrivals.append(loop.time())
+                    if len(arrivals) == 5:  # the window widens, as LoadWindow widens it
+                        assert gateway._load_watch is not None
+                        gateway._load_watch.cancel()  # (the loop keeps up: it would narrow)
+                        gateway.delta_window.window_s = 0.5
+        assert frame["finish"] == "length"  # the whole 2.5 s
+        gaps = [b - a for a, b in itertools.pairwise(arrivals)]
+        assert max(gaps[:3]) < 0.2  # 50 ms apart while the gateway kept up
+        assert min(gaps[5:-1]) > 0.4  # half a second apart once it fell behind
+    finally:
+        await gateway.close()
+
+
+async def test_the_embedded_gateways_window_never_widens() -> None:
+    gateway = Gateway()  # GatewayLimits(): every chunk as it comes, whatever the load
+    await gateway.start("127.0.0.1", 0)
+    try:
+        assert not gateway.delta_window.adapts
+        assert gateway._load_watch is None  # nothing samples the loop
+    finally:
+        await gateway.close()
+
 
 def test_a_window_that_is_not_a_number_of_seconds_is_refused() -> None:
     for bad in (float("inf"), float("nan"), -0.01):
@@ -196,6 +332,10 @@ def test_nbchat_serve_refuses_a_window_out_of_range(capsys: pytest.CaptureFixtur
     for bad in ("inf", "nan", "-1", "5000"):
         assert cli.main(["serve", "--port", "0", "--delta-window-ms", bad]) != 0
         assert "--delta-window-ms must be from 0 to 1000" in capsys.readouterr().err
+    for bad in ("nan", "20", "5000"):
+        assert cli.main(["serve", "--port", "0", "--delta-window-max-ms", bad]) != 0
+        error = capsys.readouterr().err
+        assert "--delta-window-max-ms must be from --delta-window-ms (50)" in error
 
 
 # --- a scripted provider: what is held goes before what follows it ---------------------

@@ -7,6 +7,11 @@ shows at most 20 updates a second. The rule: text goes at once when no delta wen
 the last ``window_s`` (so a reply's first token is never held); otherwise it waits, with
 whatever else arrives, until ``window_s`` after the last delta. Reasoning and answer
 text are kept apart and in order. A window of 0 sends every chunk as it comes.
+
+:class:`LoadWindow` widens the window while the gateway falls behind (its event loop
+runs late), up to a bound: one core that cannot send a frame per token for every
+session can still send every token, in fewer, larger frames, instead of falling
+further behind with each one.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-__all__ = ["DeltaCoalescer", "Kind"]
+__all__ = ["DeltaCoalescer", "Kind", "LoadWindow"]
 
 Kind = Literal["reasoning"] | None  # as Delta.kind: None is the answer's text
 
@@ -53,3 +58,47 @@ class DeltaCoalescer:
         text, self._held = "".join(self._held), []
         self._last = now
         return [(self._kind, text)]
+
+
+class LoadWindow:
+    """The delta window a loaded gateway uses: ``base_s`` while it keeps up, wider (up
+    to ``max_s``) while its event loop runs late. Pure: fed the loop's lag.
+
+    ``observe(lag_s)`` takes how late a periodic timer fired (one sample every
+    ``SAMPLE_S``) and smooths it; above ``BEHIND_S`` the window grows by a tenth of
+    its range per sample (from base to max in a second), below ``KEEPING_UP_S`` it
+    shrinks by as much, and between the two it stays: a gap, so that a window that
+    just made the gateway keep up does not at once narrow and make it fall behind.
+    """
+
+    SAMPLE_S = 0.1
+    BEHIND_S = 0.05
+    KEEPING_UP_S = 0.01
+    SMOOTHING = 0.3  # the weight of a new sample in the smoothed lag
+
+    def __init__(self, base_s: float, max_s: float) -> None:
+        if not (math.isfinite(base_s) and base_s >= 0):
+            raise ValueError(f"a delta window is 0 or more seconds, not {base_s!r}")
+        if not (math.isfinite(max_s) and max_s >= base_s):
+            raise ValueError(
+                f"the widest delta window is a number of seconds from {base_s!r}, not {max_s!r}"
+            )
+        self.base_s = base_s
+        self.max_s = max_s
+        self.window_s = base_s
+        self.lag_s = 0.0  # smoothed
+
+    @property
+    def adapts(self) -> bool:
+        return self.max_s > self.base_s
+
+    def observe(self, lag_s: float) -> float:
+        """One sample of the loop's lag (seconds late, negative counts as 0); returns
+        the window to use now."""
+        self.lag_s += self.SMOOTHING * (max(0.0, lag_s) - self.lag_s)
+        step = (self.max_s - self.base_s) / 10
+        if self.lag_s > self.BEHIND_S:
+            self.window_s = min(self.max_s, self.window_s + step)
+        elif self.lag_s < self.KEEPING_UP_S:
+            self.window_s = max(self.base_s, self.window_s - step)
+        return self.window_s

@@ -39,12 +39,22 @@ class GatewayLimits:
     # with it as one delta (coalesce.py): fewer frames per token under load, at the cost
     # of up to this much delay. 0: every chunk goes as it comes.
     delta_window_s: float = 0.0
+    # While the gateway falls behind (its event loop runs late), the window widens up
+    # to this (coalesce.LoadWindow), so it sends every token in fewer frames instead of
+    # falling further behind. None: the window stays delta_window_s.
+    delta_window_max_s: float | None = None
 
     def __post_init__(self) -> None:
         # Checked here, not per reply: a bad window must stop the gateway being made.
         if not (math.isfinite(self.delta_window_s) and self.delta_window_s >= 0):
             raise ValueError(
                 f"delta_window_s must be 0 or more seconds, not {self.delta_window_s!r}"
+            )
+        widest = self.delta_window_max_s
+        if widest is not None and not (math.isfinite(widest) and widest >= self.delta_window_s):
+            raise ValueError(
+                f"delta_window_max_s must be a number of seconds from delta_window_s "
+                f"({self.delta_window_s!r}), not {widest!r}"
             )
 
 

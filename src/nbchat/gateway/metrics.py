@@ -67,7 +67,8 @@ class GatewayMetrics:
     ``nbchat_replies_ended_total{finish}`` (replies whose generation on this gateway
     ended, by how; a refused start counts as ``error``). Gauges, read at scrape time:
     ``nbchat_connections``, ``nbchat_sessions``, ``nbchat_replies_in_flight``,
-    ``nbchat_draining``. Histogram ``nbchat_store_latency_seconds{op}``, observed by
+    ``nbchat_draining``, ``nbchat_delta_window_seconds``, ``nbchat_loop_lag_seconds``.
+    Histogram ``nbchat_store_latency_seconds{op}``, observed by
     the session store. Plus the standard ``process_*`` metrics (CPU, memory, fds).
     """
 
@@ -85,6 +86,17 @@ class GatewayMetrics:
         )
         self.draining = Gauge(
             "nbchat_draining", "1 while the gateway drains before exiting", registry=registry
+        )
+        self.delta_window = Gauge(
+            "nbchat_delta_window_seconds",
+            "the delta window in use: wider while the gateway falls behind",
+            registry=registry,
+        )
+        self.loop_lag = Gauge(
+            "nbchat_loop_lag_seconds",
+            "how late the gateway's event loop runs (smoothed; sampled while the delta "
+            "window adapts)",
+            registry=registry,
         )
         self.replies_ended = Counter(
             "nbchat_replies_ended",
@@ -136,6 +148,8 @@ class GatewayMetrics:
             lambda: sum(len(live.tasks) for live in list(gateway.sessions.values()))
         )
         self.draining.set_function(lambda: 1.0 if gateway.draining else 0.0)
+        self.delta_window.set_function(lambda: gateway.delta_window.window_s)
+        self.loop_lag.set_function(lambda: gateway.delta_window.lag_s)
 
     def sent(self, text: str) -> None:
         """Count a frame queued to a client, by its encoded JSON text (a shared store

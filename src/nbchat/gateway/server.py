@@ -53,7 +53,7 @@ from ..protocol import (
 )
 from ..session import RESUME_GAP, GatewaySession, LogLimits, SessionError
 from .auth import SessionNotYours, install_log_redaction, origin_refusal, token_matches
-from .coalesce import DeltaCoalescer, Kind
+from .coalesce import DeltaCoalescer, Kind, LoadWindow
 from .limits import FrameRate, GatewayLimits
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import GatewayMetrics, ended_as
@@ -260,6 +260,11 @@ class Gateway:
         self.token = self.tokens[0] if self.tokens else None
         self.log_limits = log_limits or LogLimits()
         self.limits = limits or GatewayLimits()
+        widest = self.limits.delta_window_max_s
+        self.delta_window = LoadWindow(
+            self.limits.delta_window_s, self.limits.delta_window_s if widest is None else widest
+        )
+        self._load_watch: asyncio.Task[None] | None = None
         self.sessions: dict[str, LiveSession] = {}
         self.connections: set[GatewayConnection] = set()
         self.shutting_down = False
@@ -342,6 +347,8 @@ class Gateway:
             await self.shared.start()
         if self._sweeper is None:
             self._sweeper = asyncio.create_task(self._expire_sessions())
+        if self._load_watch is None and self.delta_window.adapts:
+            self._load_watch = asyncio.create_task(self._watch_load())
 
     async def stop_listening(self) -> None:
         """Close the listening socket and every connection, keeping the sessions and
@@ -357,6 +364,8 @@ class Gateway:
         self.shutting_down = True
         if self._sweeper is not None:
             self._sweeper.cancel()
+        if self._load_watch is not None:
+            self._load_watch.cancel()
         tasks = [task for live in self.sessions.values() for task in live.tasks.values()]
         for task in tasks:
             task.cancel()
@@ -399,6 +408,16 @@ class Gateway:
     def store_healthy(self) -> bool:
         """Whether the session store answers (``/healthz``); the memory store always does."""
         return self.shared is None or self.shared.healthy
+
+    async def _watch_load(self) -> None:
+        """Feed the delta window how late the loop runs: a timer that fires late means
+        the gateway has more to do than it can (see coalesce.LoadWindow)."""
+        loop = asyncio.get_running_loop()
+        period = self.delta_window.SAMPLE_S
+        while True:
+            began = loop.time()
+            await asyncio.sleep(period)
+            self.delta_window.observe(loop.time() - began - period)
 
     async def _expire_sessions(self) -> None:
         idle_s = self.limits.session_idle_s
@@ -577,7 +596,8 @@ class Gateway:
         def elapsed() -> dict[str, Any]:
             return {**timing, "duration_s": round(loop.time() - began, 6)}
 
-        coalescer = DeltaCoalescer(self.limits.delta_window_s)
+        window = self.delta_window
+        coalescer = DeltaCoalescer(window.window_s)
         timer: asyncio.TimerHandle | None = None
 
         def send(deltas: list[tuple[Kind, str]]) -> None:
@@ -599,6 +619,7 @@ class Gateway:
 
         def add(kind: Kind, text: str) -> None:
             nonlocal timer
+            coalescer.window_s = window.window_s  # as wide as the gateway's load asks now
             send(coalescer.add(kind, text, loop.time()))
             if timer is None and (due := coalescer.due()) is not None:
                 timer = loop.call_at(due, flush)
