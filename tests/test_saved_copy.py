@@ -118,12 +118,16 @@ def test_a_bigger_copy_is_rewritten_less_often() -> None:
 
 
 def test_the_copy_waits_for_the_turns_to_pause_but_not_forever() -> None:
-    # A turn after a quiet spell: the copy goes a second later.
-    assert publish_at(100.0, 100.0, 0.0, 1.0) == 100.0 + QUIET_S
-    # Each turn boundary pushes it on while the turns keep coming...
-    assert publish_at(110.0, 100.0, 0.0, 1.0) == 110.0 + QUIET_S
+    # The first turn boundary after a quiet spell goes at once...
+    assert publish_at(100.0, 100.0, 0.0, 1.0) == 100.0
+    assert publish_at(100.0, 100.0, 99.0, 1.0) == 100.0  # (a second after the last copy)
+    # ...unless the last copy went less than QUIET_S ago: then it waits for a pause.
+    assert publish_at(100.0, 100.0, 99.5, 1.0) == 100.0 + QUIET_S
+    # Each later boundary pushes it on while the turns keep coming...
+    assert publish_at(110.0, 100.0, 99.0, 1.0) == 110.0 + QUIET_S
     # ...but a change the notebook lacks waits at most MAX_WAIT_S.
-    assert publish_at(100.0 + MAX_WAIT_S - 0.5, 100.0, 0.0, 1.0) == 100.0 + MAX_WAIT_S
-    assert publish_at(100.0 + MAX_WAIT_S + 7, 100.0, 0.0, 1.0) == 100.0 + MAX_WAIT_S
+    assert publish_at(100.0 + MAX_WAIT_S - 0.5, 100.0, 99.0, 1.0) == 100.0 + MAX_WAIT_S
+    assert publish_at(100.0 + MAX_WAIT_S + 7, 100.0, 99.0, 1.0) == 100.0 + MAX_WAIT_S
     # And never sooner than the last copy's size allows after it.
     assert publish_at(100.0, 100.0, 99.0, 5.0) == 104.0
+    assert publish_at(101.0, 100.0, 99.0, 5.0) == 104.0

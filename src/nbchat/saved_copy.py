@@ -53,9 +53,11 @@ MAX_SAVED_CHARS: Final = 200_000
 SAVED_BYTES_PER_S: Final = 64_000
 MIN_INTERVAL_S: Final = 1.0
 MAX_INTERVAL_S: Final = 5.0
-# A copy goes out once the chat has had no turn boundary for QUIET_S, so turns sent one
-# after another from a cell are not each followed by the whole copy again; while they
-# keep coming, the copy waits at most MAX_WAIT_S (JupyterLab autosaves every 120 s).
+# A turn boundary after a quiet spell is published at once (the notebook has the
+# message you just sent); the boundaries that follow it within QUIET_S wait until the
+# chat has had none for QUIET_S, so turns sent one after another from a cell are not
+# each followed by the whole copy again; while they keep coming, the copy waits at most
+# MAX_WAIT_S (JupyterLab autosaves every 120 s).
 QUIET_S: Final = 1.0
 MAX_WAIT_S: Final = 30.0
 
@@ -66,11 +68,16 @@ def update_interval(size_bytes: int) -> float:
 
 
 def publish_at(now: float, unsaved_since: float, published: float, interval: float) -> float:
-    """When to publish the copy after a turn boundary at ``now``: ``QUIET_S`` later if
-    no other comes, but no later than ``MAX_WAIT_S`` after the first change the notebook
-    does not have yet (``unsaved_since``), and no sooner than ``interval`` (from
-    :func:`update_interval`) after the last copy went out (``published``)."""
-    return max(min(now + QUIET_S, unsaved_since + MAX_WAIT_S), published + interval)
+    """When to publish the copy after a turn boundary at ``now``. ``unsaved_since`` is
+    the first change the notebook does not have yet (``now`` if this is it),
+    ``published`` when the last copy went out, ``interval`` what its size asks
+    (:func:`update_interval`) before the next. The first change after a quiet spell
+    goes at once; later ones ``QUIET_S`` after the last of them, but no later than
+    ``MAX_WAIT_S`` after the first; never sooner than ``interval`` after the last copy."""
+    soonest = published + interval
+    if unsaved_since == now and now - published >= QUIET_S:
+        return max(now, soonest)
+    return max(min(now + QUIET_S, unsaved_since + MAX_WAIT_S), soonest)
 
 
 _STYLE: Final = """<style>

@@ -798,8 +798,9 @@ def _no_constants(name: str) -> Any:
 class _SavedCopyDisplay:
     """Keeps a chat's saved copy in the notebook: a display output after the pane whose
     bundle is the conversation as HTML and Markdown (:mod:`nbchat.saved_copy`), so a
-    saved notebook shows it without a kernel. Updated by display id once the turns pause
-    for a second, at most every 30 s while they keep coming, and never more often than
+    saved notebook shows it without a kernel. Updated by display id at a turn boundary
+    after a quiet spell, else once the turns pause for a second, at most every 30 s
+    while they keep coming, and never more often than
     :func:`~nbchat.saved_copy.update_interval` allows (:func:`~nbchat.saved_copy.publish_at`),
     from the client loop thread; never through the widget, whose view would be rebuilt
     by an update of its own output."""
