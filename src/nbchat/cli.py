@@ -145,7 +145,8 @@ def _parser() -> argparse.ArgumentParser:
         help="while the gateway falls behind (its event loop runs late), widen the delta "
         "window up to this many ms, so it sends every token in fewer frames rather than "
         f"fall further behind (default {SERVE_DELTA_WINDOW_MAX_MS:g}, or --delta-window-ms "
-        "if that is more; equal to --delta-window-ms: never widen)",
+        "if that is more, or 0 with --delta-window-ms 0; equal to --delta-window-ms: "
+        "never widen)",
     )
     limits.add_argument(
         "--max-frame-bytes",
@@ -214,8 +215,10 @@ def _options(args: argparse.Namespace) -> _ServeOptions:
             "reply's text may wait to go with more)"
         )
     widest = args.delta_window_max_ms
-    if widest is None:
-        widest = max(SERVE_DELTA_WINDOW_MAX_MS, args.delta_window_ms)
+    if widest is None:  # a window of 0 asked for every chunk as it comes: it stays 0
+        widest = (
+            max(SERVE_DELTA_WINDOW_MAX_MS, args.delta_window_ms) if args.delta_window_ms else 0.0
+        )
     if not args.delta_window_ms <= widest <= MAX_DELTA_WINDOW_MS:  # also refuses nan
         raise AuthSetupError(
             f"--delta-window-max-ms must be from --delta-window-ms ({args.delta_window_ms:g}) "

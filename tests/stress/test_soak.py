@@ -5,6 +5,7 @@ ends other than normally, not a character lost or duplicated."""
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 
 import pytest
@@ -39,10 +40,20 @@ WINDOW_SEEDS = int(os.environ.get("NBCHAT_STRESS_WINDOW_SEEDS", "3"))
 @pytest.mark.parametrize("seed", range(FIRST_SEED, FIRST_SEED + WINDOW_SEEDS))
 def test_random_chaos_with_a_delta_window(seed: int) -> None:
     # Text held for the window when a cut, a stop or a pause comes must still arrive,
-    # once, in order (nbchat serve --delta-window-ms).
-    gateway = EmbeddedGateway(
-        Gateway(token="soak", limits=GatewayLimits(delta_window_s=0.05))
-    ).start()
+    # once, in order (nbchat serve --delta-window-ms), and so must text held while the
+    # window changes under it, as the gateway's load moves it (--delta-window-max-ms):
+    # here it jumps at random between 50 and 250 ms at every sample of the load.
+    served = Gateway(
+        token="soak", limits=GatewayLimits(delta_window_s=0.05, delta_window_max_s=0.25)
+    )
+    window, rng = served.delta_window, random.Random(seed)
+
+    def jump(lag_s: float) -> float:
+        window.window_s = rng.uniform(window.base_s, window.max_s)
+        return window.window_s
+
+    window.observe = jump  # type: ignore[method-assign]
+    gateway = EmbeddedGateway(served).start()
     try:
         result = run_soak(gateway, seed)
     finally:

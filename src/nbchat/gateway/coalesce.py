@@ -61,20 +61,29 @@ class DeltaCoalescer:
 
 
 class LoadWindow:
-    """The delta window a loaded gateway uses: ``base_s`` while it keeps up, wider (up
-    to ``max_s``) while its event loop runs late. Pure: fed the loop's lag.
+    """The delta window a loaded gateway uses: ``base_s`` while it keeps up with room to
+    spare, wider (up to ``max_s``) while it falls behind or is about to. Pure: fed
+    samples of the event loop's lag and of how busy the process is.
 
-    ``observe(lag_s)`` takes how late a periodic timer fired (one sample every
-    ``SAMPLE_S``) and smooths it; above ``BEHIND_S`` the window grows by a tenth of
-    its range per sample (from base to max in a second), below ``KEEPING_UP_S`` it
-    shrinks by as much, and between the two it stays: a gap, so that a window that
-    just made the gateway keep up does not at once narrow and make it fall behind.
+    ``observe(lag_s, busy)`` takes, for one sample period (``SAMPLE_S``), how late a
+    timer fired and the process's CPU time over that period's wall time, and smooths
+    both. The loop's lag stays near 0 until the core is full and then climbs, so alone
+    it would narrow the window as soon as a wider one made the gateway keep up, and
+    overload it again; how busy the process is says how close to full it runs. So:
+    late (smoothed lag over ``BEHIND_S``) or nearly full (busy over ``FULL``): the
+    window grows by a tenth of its range per sample (base to max in ten samples, a
+    second or more). On time and with room (lag under ``KEEPING_UP_S`` and busy under
+    ``ROOM``): it narrows by a fortieth (four seconds or more), so a gateway whose load
+    fell keeps its lateness low again without swinging back into overload. Between
+    the two it stays.
     """
 
     SAMPLE_S = 0.1
     BEHIND_S = 0.05
     KEEPING_UP_S = 0.01
-    SMOOTHING = 0.3  # the weight of a new sample in the smoothed lag
+    FULL = 0.9
+    ROOM = 0.7
+    SMOOTHING = 0.3  # the weight of a new sample
 
     def __init__(self, base_s: float, max_s: float) -> None:
         if not (math.isfinite(base_s) and base_s >= 0):
@@ -87,18 +96,23 @@ class LoadWindow:
         self.max_s = max_s
         self.window_s = base_s
         self.lag_s = 0.0  # smoothed
+        self.busy = 0.0  # smoothed
 
     @property
     def adapts(self) -> bool:
         return self.max_s > self.base_s
 
-    def observe(self, lag_s: float) -> float:
-        """One sample of the loop's lag (seconds late, negative counts as 0); returns
-        the window to use now."""
-        self.lag_s += self.SMOOTHING * (max(0.0, lag_s) - self.lag_s)
-        step = (self.max_s - self.base_s) / 10
-        if self.lag_s > self.BEHIND_S:
-            self.window_s = min(self.max_s, self.window_s + step)
-        elif self.lag_s < self.KEEPING_UP_S:
-            self.window_s = max(self.base_s, self.window_s - step)
+    def observe(self, lag_s: float, busy: float = 0.0) -> float:
+        """One sample: the loop's lag (seconds late; negative or NaN counts as 0) and
+        the process's CPU time per wall second (0 to 1; more counts as 1). Returns the
+        window to use now."""
+        lag_s = lag_s if lag_s > 0 else 0.0  # also NaN
+        busy = min(1.0, busy) if busy > 0 else 0.0
+        self.lag_s += self.SMOOTHING * (lag_s - self.lag_s)
+        self.busy += self.SMOOTHING * (busy - self.busy)
+        span = self.max_s - self.base_s
+        if self.lag_s > self.BEHIND_S or self.busy > self.FULL:
+            self.window_s = min(self.max_s, self.window_s + span / 10)
+        elif self.lag_s < self.KEEPING_UP_S and self.busy < self.ROOM:
+            self.window_s = max(self.base_s, self.window_s - span / 40)
         return self.window_s

@@ -13,6 +13,7 @@ a reply's generation ends.
 from __future__ import annotations
 
 import json
+import math
 from typing import TYPE_CHECKING, Final
 
 from prometheus_client import (
@@ -95,7 +96,7 @@ class GatewayMetrics:
         self.loop_lag = Gauge(
             "nbchat_loop_lag_seconds",
             "how late the gateway's event loop runs (smoothed; sampled while the delta "
-            "window adapts)",
+            "window adapts, NaN otherwise)",
             registry=registry,
         )
         self.replies_ended = Counter(
@@ -149,7 +150,10 @@ class GatewayMetrics:
         )
         self.draining.set_function(lambda: 1.0 if gateway.draining else 0.0)
         self.delta_window.set_function(lambda: gateway.delta_window.window_s)
-        self.loop_lag.set_function(lambda: gateway.delta_window.lag_s)
+        # Sampled only while the window adapts: otherwise no figure, not a healthy 0.
+        self.loop_lag.set_function(
+            lambda: gateway.delta_window.lag_s if gateway.delta_window.adapts else math.nan
+        )
 
     def sent(self, text: str) -> None:
         """Count a frame queued to a client, by its encoded JSON text (a shared store

@@ -18,6 +18,7 @@ import logging
 import re
 import secrets
 import ssl
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -410,14 +411,16 @@ class Gateway:
         return self.shared is None or self.shared.healthy
 
     async def _watch_load(self) -> None:
-        """Feed the delta window how late the loop runs: a timer that fires late means
-        the gateway has more to do than it can (see coalesce.LoadWindow)."""
+        """Feed the delta window how late the loop runs (a timer that fires late: the
+        gateway has more to do than it can) and how busy the process is (how close it
+        runs to that), see coalesce.LoadWindow."""
         loop = asyncio.get_running_loop()
         period = self.delta_window.SAMPLE_S
         while True:
-            began = loop.time()
+            began, cpu = loop.time(), time.process_time()
             await asyncio.sleep(period)
-            self.delta_window.observe(loop.time() - began - period)
+            wall = loop.time() - began
+            self.delta_window.observe(wall - period, (time.process_time() - cpu) / wall)
 
     async def _expire_sessions(self) -> None:
         idle_s = self.limits.session_idle_s
