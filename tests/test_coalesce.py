@@ -141,6 +141,10 @@ def test_the_load_window_widens_while_the_loop_runs_late_and_narrows_back() -> N
     assert narrowing.index(narrowing[-1]) >= 39  # 40 samples: 4 s
     assert window.observe(-1.0, -1.0) == pytest.approx(0.05)  # never narrower than the base
     assert window.observe(float("nan"), float("nan")) == pytest.approx(0.05)
+    window.observe(float("inf"), 0.0)  # a lag past all reason counts as 10 s...
+    for _ in range(80):
+        window.observe(0.0, 0.0)
+    assert window.window_s == pytest.approx(0.05)  # ...and does not stick
 
 
 def test_the_load_window_widens_when_the_process_is_nearly_full_before_it_is_late() -> None:
@@ -319,6 +323,29 @@ async def test_a_reply_in_flight_follows_the_window_as_the_load_changes_it() -> 
         gaps = [b - a for a, b in itertools.pairwise(arrivals)]
         assert max(gaps[:3]) < 0.2  # 50 ms apart while the gateway kept up
         assert statistics.median(gaps[5:-1]) > 0.4  # half a second apart once it fell behind
+    finally:
+        await gateway.close()
+
+
+async def test_a_failed_load_sample_is_logged_and_the_next_one_taken(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    gateway = Gateway(limits=GatewayLimits(delta_window_s=0.05, delta_window_max_s=0.25))
+    samples: list[tuple[float, float]] = []
+
+    def observe(lag_s: float, busy: float = 0.0) -> float:
+        samples.append((lag_s, busy))
+        if len(samples) == 1:
+            raise ValueError("a bad sample")
+        return gateway.delta_window.window_s
+
+    gateway.delta_window.observe = observe  # type: ignore[method-assign]
+    await gateway.start("127.0.0.1", 0)
+    try:
+        await asyncio.sleep(0.5)
+        assert len(samples) >= 3  # the watcher lived on after the first one failed
+        assert "load sample failed" in caplog.text
+        assert all(0 <= busy <= 1.5 for _, busy in samples)  # CPU per wall second
     finally:
         await gateway.close()
 

@@ -799,7 +799,7 @@ class _SavedCopyDisplay:
     """Keeps a chat's saved copy in the notebook: a display output after the pane whose
     bundle is the conversation as HTML and Markdown (:mod:`nbchat.saved_copy`), so a
     saved notebook shows it without a kernel. Updated by display id at a turn boundary
-    after a quiet spell, else once the turns pause for a second, at most every 30 s
+    after a quiet spell, else once the turns pause for a second, at least every 30 s
     while they keep coming, and never more often than
     :func:`~nbchat.saved_copy.update_interval` allows (:func:`~nbchat.saved_copy.publish_at`),
     from the client loop thread; never through the widget, whose view would be rebuilt
@@ -813,7 +813,7 @@ class _SavedCopyDisplay:
         self._parent: Any = None  # the header of the cell that showed it
         self._cell: str | None = None  # that cell's id, when the front end says it
         self._handle: asyncio.TimerHandle | None = None
-        self._last = -MIN_INTERVAL_S
+        self._last = float("-inf")
         self._interval = MIN_INTERVAL_S  # after the last update: by its size
         self._unsaved_since: float | None = None  # the first change since the last update
 

@@ -47,9 +47,11 @@ def test_random_chaos_with_a_delta_window(seed: int) -> None:
         token="soak", limits=GatewayLimits(delta_window_s=0.05, delta_window_max_s=0.25)
     )
     window, rng = served.delta_window, random.Random(seed)
+    widths: list[float] = []
 
-    def jump(lag_s: float) -> float:
+    def jump(lag_s: float, busy: float = 0.0) -> float:
         window.window_s = rng.uniform(window.base_s, window.max_s)
+        widths.append(window.window_s)
         return window.window_s
 
     window.observe = jump  # type: ignore[method-assign]
@@ -61,6 +63,7 @@ def test_random_chaos_with_a_delta_window(seed: int) -> None:
     print("\n" + result.line())
     assert result.cuts >= 100
     assert result.clean, result.line()
+    assert len(widths) > 20  # the window did move under the replies, every sample
 
 
 SHARED_SEEDS = int(os.environ.get("NBCHAT_STRESS_SHARED_SEEDS", "3"))

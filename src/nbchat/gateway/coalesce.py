@@ -63,13 +63,13 @@ class DeltaCoalescer:
 class LoadWindow:
     """The delta window a loaded gateway uses: ``base_s`` while it keeps up with room to
     spare, wider (up to ``max_s``) while it falls behind or is about to. Pure: fed
-    samples of the event loop's lag and of how busy the process is.
+    samples of the event loop's lag and of how busy its thread is.
 
     ``observe(lag_s, busy)`` takes, for one sample period (``SAMPLE_S``), how late a
-    timer fired and the process's CPU time over that period's wall time, and smooths
+    timer fired and the loop thread's CPU time over that period's wall time, and smooths
     both. The loop's lag stays near 0 until the core is full and then climbs, so alone
     it would narrow the window as soon as a wider one made the gateway keep up, and
-    overload it again; how busy the process is says how close to full it runs. So:
+    overload it again; how busy the loop is says how close to full it runs. So:
     late (smoothed lag over ``BEHIND_S``) or nearly full (busy over ``FULL``): the
     window grows by a tenth of its range per sample (base to max in ten samples, a
     second or more). On time and with room (lag under ``KEEPING_UP_S`` and busy under
@@ -103,10 +103,10 @@ class LoadWindow:
         return self.max_s > self.base_s
 
     def observe(self, lag_s: float, busy: float = 0.0) -> float:
-        """One sample: the loop's lag (seconds late; negative or NaN counts as 0) and
-        the process's CPU time per wall second (0 to 1; more counts as 1). Returns the
-        window to use now."""
-        lag_s = lag_s if lag_s > 0 else 0.0  # also NaN
+        """One sample: the loop's lag (seconds late; negative or NaN counts as 0, more
+        than 10 as 10) and its thread's CPU time per wall second (0 to 1; more counts
+        as 1). Returns the window to use now."""
+        lag_s = min(lag_s, 10.0) if lag_s > 0 else 0.0  # also NaN; inf would stick
         busy = min(1.0, busy) if busy > 0 else 0.0
         self.lag_s += self.SMOOTHING * (lag_s - self.lag_s)
         self.busy += self.SMOOTHING * (busy - self.busy)

@@ -412,15 +412,19 @@ class Gateway:
 
     async def _watch_load(self) -> None:
         """Feed the delta window how late the loop runs (a timer that fires late: the
-        gateway has more to do than it can) and how busy the process is (how close it
-        runs to that), see coalesce.LoadWindow."""
+        gateway has more to do than it can) and how busy the loop's thread is (how
+        close it runs to that), see coalesce.LoadWindow. The thread's CPU time, not the
+        process's: other threads (frame decoding, a kernel's) use other cores."""
         loop = asyncio.get_running_loop()
         period = self.delta_window.SAMPLE_S
         while True:
-            began, cpu = loop.time(), time.process_time()
+            began, cpu = loop.time(), time.thread_time()
             await asyncio.sleep(period)
             wall = loop.time() - began
-            self.delta_window.observe(wall - period, (time.process_time() - cpu) / wall)
+            try:
+                self.delta_window.observe(wall - period, (time.thread_time() - cpu) / wall)
+            except Exception:  # a bad sample must not leave the window stuck for good
+                log.exception("the delta window's load sample failed")
 
     async def _expire_sessions(self) -> None:
         idle_s = self.limits.session_idle_s
