@@ -9,12 +9,13 @@ import math
 import random
 import statistics
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 
 from nbchat.gateway import Gateway
 from nbchat.gateway.coalesce import DeltaCoalescer, Kind, LoadWindow
@@ -168,45 +169,52 @@ def test_a_load_window_without_room_never_changes() -> None:
 # --- on a real gateway ------------------------------------------------------------------
 
 
+# A prompt the demo answers at length (its reply grows with the message's words).
+LONG = "Tell me about load " + " ".join(f"w{i}" for i in range(300))
+
+
+async def _reply(
+    gateway: Gateway,
+    content: str,
+    params: dict[str, Any],
+    on_delta: Callable[[ClientConnection], Awaitable[None]] | None = None,
+) -> list[dict[str, Any]]:
+    """One demo reply to ``content`` on a running gateway: every frame of it, ``done``
+    last; ``on_delta`` is awaited at each delta as it arrives."""
+    async with connect(gateway.url(), proxy=None) as ws:
+        await ws.send('{"type": "hello", "client": "t"}')
+        assert (await recv(ws))["type"] == "welcome"
+        messages = [{"role": "user", "content": content}]
+        start = {"type": "start", "reply": "r-1", "model": "demo", "messages": messages}
+        await ws.send(json.dumps({**start, "params": params}))
+        frames = []
+        while (frame := await recv(ws))["type"] != "done":
+            frames.append(frame)
+            if frame["type"] == "delta" and on_delta is not None:
+                await on_delta(ws)
+        return [*frames, frame]
+
+
 async def _stream(
     window_s: float, tokens_per_s: float, stop_after_s: float | None = None
 ) -> list[dict[str, Any]]:
     """One demo reply on a gateway coalescing over ``window_s``: every frame of it."""
     gateway = Gateway(limits=GatewayLimits(delta_window_s=window_s))
     await gateway.start("127.0.0.1", 0)
+    stopped = False
+
+    async def stop_once(ws: ClientConnection) -> None:
+        nonlocal stopped
+        if stop_after_s is not None and not stopped:
+            await asyncio.sleep(stop_after_s)  # text arrives meanwhile, and is held
+            await ws.send('{"type": "stop", "reply": "r-1"}')
+            stopped = True
+
     try:
-        async with connect(gateway.url(), proxy=None) as ws:
-            await ws.send('{"type": "hello", "client": "t"}')
-            assert (await recv(ws))["type"] == "welcome"
-            messages = [{"role": "user", "content": "Tell me about coalescing"}]
-            start = {"type": "start", "reply": "r-1", "model": "demo", "messages": messages}
-            await ws.send(json.dumps({**start, "params": {"tokens_per_s": tokens_per_s}}))
-            frames = []
-            while (frame := await recv(ws))["type"] != "done":
-                frames.append(frame)
-                if frame["type"] == "delta" and stop_after_s is not None:
-                    await asyncio.sleep(stop_after_s)  # text arrives meanwhile, and is held
-                    await ws.send('{"type": "stop", "reply": "r-1"}')
-                    stop_after_s = None
-            return [*frames, frame]
+        params = {"tokens_per_s": tokens_per_s}
+        return await _reply(gateway, "Tell me about coalescing", params, stop_once)
     finally:
         await gateway.close()
-
-
-async def _stream_on(gateway: Gateway, tokens_per_s: float, seconds: float) -> list[dict[str, Any]]:
-    """A demo reply of ``seconds`` at ``tokens_per_s`` on a running gateway."""
-    async with connect(gateway.url(), proxy=None) as ws:
-        await ws.send('{"type": "hello", "client": "t"}')
-        assert (await recv(ws))["type"] == "welcome"
-        long = "Tell me about load " + " ".join(f"w{i}" for i in range(300))  # a long reply
-        messages = [{"role": "user", "content": long}]
-        params = {"tokens_per_s": tokens_per_s, "max_tokens": int(tokens_per_s * seconds)}
-        start = {"type": "start", "reply": "r-1", "model": "demo", "messages": messages}
-        await ws.send(json.dumps({**start, "params": params}))
-        frames = []
-        while (frame := await recv(ws))["type"] != "done":
-            frames.append(frame)
-        return [*frames, frame]
 
 
 def _text(frames: list[dict[str, Any]]) -> str:
@@ -287,7 +295,7 @@ async def test_a_gateway_that_falls_behind_widens_its_window_and_narrows_it_afte
         assert _metric(gateway, "nbchat_loop_lag_seconds") > LoadWindow.BEHIND_S
         # A reply started now is coalesced over the wider window.
         hogging = False
-        frames = await _stream_on(gateway, 400, seconds=1.0)
+        frames = await _reply(gateway, LONG, {"tokens_per_s": 400, "max_tokens": 400})
         deltas = [f for f in frames if f["type"] == "delta"]
         assert len(deltas) <= 1.0 / 0.15 + 2, len(deltas)  # at 50 ms it would be about 20
         assert gateway.delta_window.window_s > 0.05  # it narrows slowly
@@ -302,24 +310,19 @@ async def test_a_reply_in_flight_follows_the_window_as_the_load_changes_it() -> 
     gateway = Gateway(limits=GatewayLimits(delta_window_s=0.05, delta_window_max_s=0.5))
     await gateway.start("127.0.0.1", 0)
     loop = asyncio.get_running_loop()
+    arrivals: list[float] = []
+
+    async def arrived(ws: ClientConnection) -> None:
+        arrivals.append(loop.time())
+        if len(arrivals) == 5:  # the window widens, as LoadWindow widens it
+            assert gateway._load_watch is not None
+            gateway._load_watch.cancel()  # (the loop keeps up: it would narrow)
+            gateway.delta_window.window_s = 0.5
+
     try:
-        async with connect(gateway.url(), proxy=None) as ws:
-            await ws.send('{"type": "hello", "client": "t"}')
-            assert (await recv(ws))["type"] == "welcome"
-            long = "Tell me about load " + " ".join(f"w{i}" for i in range(300))  # a long reply
-            messages = [{"role": "user", "content": long}]
-            params = {"tokens_per_s": 200, "max_tokens": 500}  # 2.5 s
-            start = {"type": "start", "reply": "r-1", "model": "demo", "messages": messages}
-            await ws.send(json.dumps({**start, "params": params}))
-            arrivals: list[float] = []
-            while (frame := await recv(ws))["type"] != "done":
-                if frame["type"] == "delta":
-                    arrivals.append(loop.time())
-                    if len(arrivals) == 5:  # the window widens, as LoadWindow widens it
-                        assert gateway._load_watch is not None
-                        gateway._load_watch.cancel()  # (the loop keeps up: it would narrow)
-                        gateway.delta_window.window_s = 0.5
-        assert frame["finish"] == "length"  # the whole 2.5 s
+        params = {"tokens_per_s": 200, "max_tokens": 500}  # 2.5 s
+        frames = await _reply(gateway, LONG, params, arrived)
+        assert frames[-1]["finish"] == "length"  # the whole 2.5 s
         gaps = [b - a for a, b in itertools.pairwise(arrivals)]
         assert max(gaps[:3]) < 0.2  # 50 ms apart while the gateway kept up
         assert statistics.median(gaps[5:-1]) > 0.4  # half a second apart once it fell behind
