@@ -105,7 +105,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as sync_connect
 
 from load_client import STALL_S, WorkerPlan, raise_fd_limit, worker_main
-from nbchat.cli import SERVE_DELTA_WINDOW_MAX_MS, SERVE_DELTA_WINDOW_MS, freeze_startup_heap
+from nbchat.cli import SERVE_DELTA_WINDOW_MS, freeze_startup_heap, widest_delta_window_ms
 from nbchat.gateway import Gateway
 from nbchat.gateway.limits import GatewayLimits
 from nbchat.gateway.providers.base import Request
@@ -248,7 +248,7 @@ async def serve_nbchat(
         limits=GatewayLimits(
             sessions=sessions + 64,
             delta_window_s=delta_window_ms / 1000,
-            delta_window_max_s=max(delta_window_ms, delta_window_max_ms) / 1000,
+            delta_window_max_s=delta_window_max_ms / 1000,
         ),
     )
     await gateway.start("127.0.0.1", 0)
@@ -382,7 +382,7 @@ def start_server(
 ) -> Child:
     command = [sys.executable, __file__, "--serve", kind, "--sessions", str(args.sessions)]
     command += ["--server-gc", args.server_gc, "--delta-window-ms", str(args.delta_window_ms)]
-    command += ["--delta-window-max-ms", str(args.delta_window_max_ms)]
+    command += ["--delta-window-max-ms", str(args.widest_delta_window_ms)]
     if coalesce_ms:
         command += ["--coalesced-baseline", str(coalesce_ms)]
     if store:
@@ -912,11 +912,11 @@ def _arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--delta-window-max-ms",
         type=float,
-        default=SERVE_DELTA_WINDOW_MAX_MS,
+        default=None,
         metavar="MS",
         help="how wide the window may grow while the gateway falls behind (nbchat serve "
-        "--delta-window-max-ms; default %(default)s, nbchat serve's; --delta-window-ms "
-        "if that is more; equal to it: a fixed window)",
+        "--delta-window-max-ms, with the same default; equal to --delta-window-ms: a "
+        "fixed window)",
     )
     parser.add_argument("--no-baseline", action="store_true", help="skip the bare server")
     parser.add_argument(
@@ -944,6 +944,9 @@ def _arguments(argv: list[str] | None = None) -> argparse.Namespace:
         args.sessions = 100 if args.quick else 1000
     if args.seconds is None:
         args.seconds = 5.0 if args.quick else 20.0
+    args.widest_delta_window_ms = widest_delta_window_ms(
+        args.delta_window_ms, args.delta_window_max_ms
+    )
     return args
 
 
@@ -960,7 +963,7 @@ def main() -> None:
                 args.sessions,
                 args.serve_profile,
                 args.delta_window_ms,
-                args.delta_window_max_ms,
+                args.widest_delta_window_ms,
             )
         )
         return
@@ -978,7 +981,7 @@ def main() -> None:
         f"{tokens} tokens, {args.seconds:g} s window, {args.workers} load processes, "
         f"compression {args.compression}, server GC {args.server_gc}, "
         f"gateway delta window {args.delta_window_ms:g} ms (up to "
-        f"{max(args.delta_window_ms, args.delta_window_max_ms):g} ms under load), "
+        f"{args.widest_delta_window_ms:g} ms under load), "
         f"{os.cpu_count()} cores; "
         f"servers: {', '.join(labels)}"
     )

@@ -22,7 +22,7 @@ from .gateway.limits import GatewayLimits
 from .gateway.redis_store import RedisStore
 from .session import LogLimits
 
-__all__ = ["freeze_startup_heap", "main"]
+__all__ = ["freeze_startup_heap", "main", "widest_delta_window_ms"]
 
 log = logging.getLogger("nbchat.serve")
 
@@ -34,6 +34,16 @@ SERVE_DELTA_WINDOW_MS = 50.0
 # 30 tokens/s on one core, 50 ms delivered 29% of the tokens, 200 ms all of them.
 SERVE_DELTA_WINDOW_MAX_MS = 250.0
 MAX_DELTA_WINDOW_MS = 1000.0  # longer, and text would sit in the gateway noticeably
+
+
+def widest_delta_window_ms(window_ms: float, max_ms: float | None) -> float:
+    """How wide ``nbchat serve --delta-window-ms window_ms --delta-window-max-ms max_ms``
+    lets the delta window grow: ``max_ms`` when given; else SERVE_DELTA_WINDOW_MAX_MS,
+    or the window if that is wider; and 0 for a window of 0, which asked for every
+    chunk as it comes."""
+    if max_ms is not None:
+        return max_ms
+    return max(SERVE_DELTA_WINDOW_MAX_MS, window_ms) if window_ms else 0.0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -214,11 +224,7 @@ def _options(args: argparse.Namespace) -> _ServeOptions:
             f"--delta-window-ms must be from 0 to {MAX_DELTA_WINDOW_MS:g} (milliseconds a "
             "reply's text may wait to go with more)"
         )
-    widest = args.delta_window_max_ms
-    if widest is None:  # a window of 0 asked for every chunk as it comes: it stays 0
-        widest = (
-            max(SERVE_DELTA_WINDOW_MAX_MS, args.delta_window_ms) if args.delta_window_ms else 0.0
-        )
+    widest = widest_delta_window_ms(args.delta_window_ms, args.delta_window_max_ms)
     if not args.delta_window_ms <= widest <= MAX_DELTA_WINDOW_MS:  # also refuses nan
         raise AuthSetupError(
             f"--delta-window-max-ms must be from --delta-window-ms ({args.delta_window_ms:g}) "
